@@ -1,0 +1,1 @@
+"""Membership backend for a brand inside WeChat."""

@@ -1,0 +1,113 @@
+"""Settings from the environment (CONTRACT.md, "Configuration")."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_TEMPLATES = {
+    "birthday": "sandbox-tpl-birthday",
+    "points_expiry": "sandbox-tpl-points-expiry",
+    "tier_upgrade": "sandbox-tpl-tier-upgrade",
+    "coupon": "sandbox-tpl-coupon",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = f"sqlite://{ROOT / 'data' / 'members.sqlite3'}"
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    timezone: str = "Asia/Shanghai"
+    wechat_api_base: str = "https://api.weixin.qq.com"
+    mp_appid: str | None = None
+    mp_secret: str | None = None
+    oa_appid: str | None = None
+    oa_secret: str | None = None
+    oa_token: str | None = None
+    oa_aes_key: str | None = None
+    pay_mchid: str | None = None
+    pay_apiv3_key: str | None = None
+    pay_public_key_id: str | None = None
+    pay_public_key_path: str | None = None
+    pay_v2_key: str | None = None
+    pay_api_base: str = "https://api.mch.weixin.qq.com"
+    pay_private_key_path: str | None = None
+    pay_cert_serial: str | None = None
+    templates: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
+    admin_token: str | None = None
+    data_dir: Path = ROOT / "data"
+    log_level: str = "INFO"
+    # Runs APScheduler inside `serve` as well as in `worker` (one process is enough).
+    scheduler_in_serve: bool = False
+
+    @property
+    def sandbox(self) -> bool:
+        """No mini-program credentials: WeChat is the built-in simulator."""
+        return not self.mp_appid
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def appid(self) -> str:
+        return self.mp_appid or "wx-sandbox-mp"
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        templates = dict(DEFAULT_TEMPLATES)
+        for kind in templates:
+            templates[kind] = get(f"WECHAT_TEMPLATE_{kind.upper()}") or templates[kind]
+        proxies = tuple(
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in (get("TRUSTED_PROXIES") or "").split(",")
+            if p.strip()
+        )
+        defaults = cls()
+        return cls(
+            database_url=get("DATABASE_URL") or defaults.database_url,
+            redis_url=get("REDIS_URL"),
+            host=get("HOST") or defaults.host,
+            port=int(get("PORT") or defaults.port),
+            workers=max(1, int(get("WORKERS") or 1)),
+            trusted_proxies=proxies,
+            timezone=get("APP_TIMEZONE") or defaults.timezone,
+            wechat_api_base=(get("WECHAT_API_BASE") or defaults.wechat_api_base).rstrip("/"),
+            mp_appid=get("WECHAT_MP_APPID"),
+            mp_secret=get("WECHAT_MP_SECRET"),
+            oa_appid=get("WECHAT_OA_APPID"),
+            oa_secret=get("WECHAT_OA_SECRET"),
+            oa_token=get("WECHAT_OA_TOKEN"),
+            oa_aes_key=get("WECHAT_OA_AES_KEY"),
+            pay_mchid=get("WECHAT_PAY_MCHID"),
+            pay_apiv3_key=get("WECHAT_PAY_APIV3_KEY"),
+            pay_public_key_id=get("WECHAT_PAY_PUBLIC_KEY_ID"),
+            pay_public_key_path=get("WECHAT_PAY_PUBLIC_KEY"),
+            pay_v2_key=get("WECHAT_PAY_V2_KEY"),
+            pay_api_base=(get("WECHAT_PAY_API_BASE") or defaults.pay_api_base).rstrip("/"),
+            pay_private_key_path=get("WECHAT_PAY_PRIVATE_KEY"),
+            pay_cert_serial=get("WECHAT_PAY_CERT_SERIAL"),
+            templates=templates,
+            admin_token=get("ADMIN_TOKEN"),
+            data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+            log_level=(get("LOG_LEVEL") or "INFO").upper(),
+            scheduler_in_serve=(get("SCHEDULER_IN_SERVE") or "0") in ("1", "true", "yes"),
+        )

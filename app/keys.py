@@ -1,0 +1,21 @@
+"""Typed keys for everything shared on the application (STYLE.md: no module-level singletons)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from app.config import Settings
+    from app.wechat.client import WeChatClient
+
+settings_key = web.AppKey("settings", "Settings")
+redis_key = web.AppKey("redis", Redis)
+http_key = web.AppKey("http", aiohttp.ClientSession)
+wechat_key = web.AppKey("wechat", "WeChatClient")
+scheduler_key = web.AppKey("scheduler", "AsyncIOScheduler")
+background_key = web.AppKey("background", set)
