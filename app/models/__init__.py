@@ -1,0 +1,16 @@
+"""All models, one module per domain noun: Tortoise loads them from here."""
+from app.models.checkin import Checkin
+from app.models.coupon import Coupon, CouponTemplate
+from app.models.ledger import LedgerEntry
+from app.models.member import Blacklist, Member, TierChange
+from app.models.outbox import OutboxMessage, SubscriptionQuota
+from app.models.payment import Payment, Refund
+from app.models.referral import Referral
+from app.models.reward import MemberScore, Redemption, Reward
+from app.models.rules import AuditLog, Rule
+
+__all__ = [
+    "AuditLog", "Blacklist", "Checkin", "Coupon", "CouponTemplate", "LedgerEntry", "Member",
+    "MemberScore", "OutboxMessage", "Payment", "Redemption", "Refund", "Referral", "Reward",
+    "Rule", "SubscriptionQuota", "TierChange",
+]
