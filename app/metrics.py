@@ -1,0 +1,11 @@
+"""Prometheus metrics (GET /metrics). Per process: with WORKERS>1 scrape each or sum them."""
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+POINTS_ISSUED = Counter("points_issued_total", "Points credited to members", ["reason"])
+POINTS_SPENT = Counter("points_spent_total", "Points debited from members", ["reason"])
+WECHAT_CALLS = Counter("wechat_api_calls_total", "Calls to WeChat's API", ["path", "outcome"])

