@@ -1,18 +1,52 @@
-"""Scheduled jobs by name: what `python -m app jobs list|run` and the worker's scheduler use."""
+"""Scheduled jobs by name: what `python -m app jobs list|run` and the worker's scheduler use.
+
+Each module in jobs/ registers its job at import with `register(Job(...))`; `load_all()`
+imports them. A job is `async def run(ctx: JobContext) -> dict`, returning its summary
+(members seen, sent, skipped, failed) and calling one function in app/domain.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Awaitable, Callable
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Awaitable, Callable
 
-# A job is `async def run(*, ctx: JobContext, today: date, progress) -> dict` (a summary).
+_INFRASTRUCTURE = {"registry", "worker"}
+
+
+@dataclass
+class JobContext:
+    settings: Any  # app.config.Settings
+    redis: Any  # redis.asyncio.Redis
+    wechat: Any  # app.wechat.client.WeChatClient
+    now: datetime  # when this run started (aware)
+    today: date  # the business day it runs for (`--today` by hand)
+    total: Callable[[int], None] = field(default=lambda n: None)  # size the progress bar
+    advance: Callable[[int], None] = field(default=lambda n: None)  # n more items done
 
 
 @dataclass(frozen=True)
 class Job:
     name: str
-    run: Callable[..., Awaitable[dict]]
+    run: Callable[[JobContext], Awaitable[dict]]
     schedule: dict  # APScheduler cron trigger fields, in the business timezone
     help: str
 
 
 JOBS: dict[str, Job] = {}
+
+
+def register(job: Job) -> Job:
+    JOBS[job.name] = job
+    return job
+
+
+def load_all() -> dict[str, Job]:
+    """Import every job module of this package so each registers itself."""
+    import jobs
+
+    for module in pkgutil.iter_modules(jobs.__path__):
+        if module.name not in _INFRASTRUCTURE and not module.name.startswith("_"):
+            importlib.import_module(f"jobs.{module.name}")
+    return JOBS
