@@ -48,6 +48,9 @@ class Settings:
     log_level: str = "INFO"
     # Runs APScheduler inside `serve` as well as in `worker` (one process is enough).
     scheduler_in_serve: bool = False
+    # The outbox worker: sends per second (WeChat's limits are per appid), attempts before dead.
+    outbox_rate: float = 20.0
+    outbox_max_attempts: int = 8
 
     @property
     def sandbox(self) -> bool:
@@ -110,4 +113,6 @@ class Settings:
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
             log_level=(get("LOG_LEVEL") or "INFO").upper(),
             scheduler_in_serve=(get("SCHEDULER_IN_SERVE") or "0") in ("1", "true", "yes"),
+            outbox_rate=float(get("OUTBOX_RATE") or defaults.outbox_rate),
+            outbox_max_attempts=int(get("OUTBOX_MAX_ATTEMPTS") or defaults.outbox_max_attempts),
         )
