@@ -21,4 +21,6 @@ scheduler_key = web.AppKey("scheduler", "AsyncIOScheduler")
 background_key = web.AppKey("background", set)
 simulator_key = web.AppKey("simulator", web.Application)
 clock_key = web.AppKey("clock", object)
+# The APIv3 notification verifier (app.wechat.pay.PayV3Verifier), or None when pay is not configured.
+pay_verifier_key = web.AppKey("pay_verifier", object)
 client_ip_key = web.RequestKey("client_ip", str)

@@ -97,3 +97,30 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait(tasks, timeout=5)
         for task in tasks:
             task.cancel()
+
+
+def build_pay_verifier(settings):
+    """The APIv3 verifier from WECHAT_PAY_APIV3_KEY + WECHAT_PAY_PUBLIC_KEY_ID / WECHAT_PAY_PUBLIC_KEY
+    (comma-separated pairs while a key rotation overlaps); the simulator's test keys in sandbox
+    mode; None when neither, and pay notify answers 503 pay_not_configured."""
+    from app.wechat.pay import PayV3Verifier, load_public_key
+
+    if settings.pay_apiv3_key and settings.pay_public_key_id and settings.pay_public_key_path:
+        ids = [i.strip() for i in settings.pay_public_key_id.split(",") if i.strip()]
+        paths = [p.strip() for p in settings.pay_public_key_path.split(",") if p.strip()]
+        if len(ids) != len(paths):
+            raise ValueError("WECHAT_PAY_PUBLIC_KEY_ID and WECHAT_PAY_PUBLIC_KEY must pair up")
+        return PayV3Verifier(apiv3_key=settings.pay_apiv3_key.encode(),
+                             public_keys={i: load_public_key(p) for i, p in zip(ids, paths)})
+    if settings.sandbox:
+        from miniprogram_stub.simulator import pay as sim
+
+        return PayV3Verifier(apiv3_key=sim.SANDBOX_APIV3_KEY,
+                             public_keys={sim.SANDBOX_PUBLIC_KEY_ID: sim.platform_public_key()})
+    return None
+
+
+async def pay_verifier_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The WeChat Pay notification verifier, built once (its keys are read from disk here)."""
+    app[keys.pay_verifier_key] = await asyncio.to_thread(build_pay_verifier, app[keys.settings_key])
+    yield

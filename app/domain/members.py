@@ -97,6 +97,12 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
             from app.domain import referral  # referral imports members: bind lazily
 
             await referral.bind(invitee=member, invite_code=invite_code, source="login")
+        if is_new:
+            from app.domain import payments  # a small edit, kept local to the new-member path
+
+            # Orders paid before the payer was a member are credited now (once: pay:{transaction_id}).
+            if await payments.credit_pending(member=member, now=now, tz=tz, redis=redis, rules=rules):
+                await member.refresh_from_db()
     elif unionid and not member.unionid:
         await Member.filter(id=member.id).update(unionid=unionid)
         member.unionid = unionid

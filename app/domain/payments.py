@@ -1,0 +1,217 @@
+"""Payments and refunds from WeChat Pay: purchase points, growth, tiers and referral rewards, once.
+
+A payment is recorded once by its transaction_id and a refund once by its refund_id (unique
+constraints); the points they move are ledger entries keyed `pay:{transaction_id}` and
+`refund:{refund_id}`. Out of the box (CONTRACT.md): 1 point per whole yuan of payer_total times
+the tier's multiplier, rounded down, doubled on the member day (Thursday); not under the daily
+cap. Growth: 1 per whole yuan. A refund takes back the refunded share of both.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+from zoneinfo import ZoneInfo
+
+from redis.asyncio import Redis
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import IntegrityError
+from tortoise.expressions import F
+from tortoise.functions import Sum
+from tortoise.transactions import in_transaction
+
+from app.domain import points, tiers
+from app.domain import rules as rules_module
+from app.domain.rules import Rules
+from app.errors import DomainError
+from app.models import LedgerEntry, Member, Payment, Refund
+
+log = logging.getLogger("app.payments")
+
+
+class PaymentNotRecorded(DomainError):
+    """A refund arrived before its payment: WeChat must retry later (a non-2xx answer)."""
+
+    status, code = 500, "payment_not_recorded"
+
+
+@dataclass(frozen=True)
+class PaymentOutcome:
+    payment_id: int
+    created: bool  # False: a repeat of a notification already recorded
+    member_id: int | None
+    points: int
+    growth: int
+
+
+@dataclass(frozen=True)
+class RefundOutcome:
+    refund_id: int
+    created: bool
+    points_taken: int
+    growth_taken: int
+
+
+def _floor(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding=ROUND_FLOOR))
+
+
+def purchase_points(*, rules: Rules, payer_total_fen: int, tier: str, paid_at: datetime, tz: ZoneInfo) -> int:
+    """1 point per whole yuan × the tier's multiplier, rounded down; ×2 on the member day (Thursday
+    in APP_TIMEZONE of the payment's success time)."""
+    yuan = max(0, int(payer_total_fen)) // 100
+    # Decimal from the printed float: 100 × 1.15 must be 115, not 114.99999999999999.
+    base = _floor(Decimal(yuan * rules.points.per_yuan) * Decimal(str(rules.tier(tier).multiplier)))
+    if paid_at.astimezone(tz).weekday() == rules.member_day.weekday:
+        base = _floor(Decimal(base) * Decimal(str(rules.member_day.multiplier)))
+    return base
+
+
+def purchase_growth(*, rules: Rules, payer_total_fen: int) -> int:
+    """1 growth per whole yuan paid."""
+    return max(0, int(payer_total_fen)) // 100 * rules.growth.per_yuan
+
+
+async def _credit(*, conn: BaseDBAsyncClient, rules: Rules, payment: Payment, member: Member,
+                  now: datetime, tz: ZoneInfo) -> tuple[int, int]:
+    """Award one payment to its member inside the caller's transaction; (points, growth)."""
+    if member.blacklisted:
+        # A blacklisted member earns nothing (seed 004); the payment is kept for the record.
+        await Payment.filter(id=payment.id).using_db(conn).update(member_id=member.id)
+        await Member.filter(id=member.id).using_db(conn).update(last_paid_at=payment.paid_at)
+        return 0, 0
+    earned = purchase_points(rules=rules, payer_total_fen=payment.payer_total_fen, tier=member.tier,
+                             paid_at=payment.paid_at, tz=tz)
+    growth = purchase_growth(rules=rules, payer_total_fen=payment.payer_total_fen)
+    await points.credit(conn=conn, member_id=member.id, amount=earned, reason="purchase",
+                        key=f"pay:{payment.transaction_id}", now=now,
+                        expiry_months=rules.points.expiry_months, growth=growth,
+                        note=payment.out_trade_no[:255])
+    await Payment.filter(id=payment.id).using_db(conn).update(
+        member_id=member.id, credited=True, points_awarded=earned, growth_awarded=growth)
+    await Member.filter(id=member.id).using_db(conn).update(last_paid_at=payment.paid_at)
+    await tiers.follow_growth(conn=conn, member_id=member.id, rules=rules, cause="payment", now=now)
+    return earned, growth
+
+
+async def record_payment(*, redis: Redis, rules: Rules, appid: str, transaction_id: str, out_trade_no: str,
+                         openid: str, total_fen: int, payer_total_fen: int, paid_at: datetime,
+                         now: datetime, tz: ZoneInfo, source: str = "v3") -> PaymentOutcome:
+    """Record a paid order once by transaction_id and credit its member (points, growth, tier,
+    last_paid_at); a payer who is not a member yet is credited at first login (`credit_pending`).
+    The invitee's first paid order then rewards the referral (+50 / +50)."""
+    member = await Member.get_or_none(appid=appid, openid=openid)
+    try:
+        async with in_transaction() as conn:
+            # The unique transaction_id makes concurrent duplicates wait here, then fail.
+            payment = await Payment.create(
+                transaction_id=transaction_id, out_trade_no=out_trade_no, openid=openid,
+                total_fen=total_fen, payer_total_fen=payer_total_fen, paid_at=paid_at, source=source,
+                using_db=conn)
+            earned = growth = 0
+            if member is not None:
+                # Re-read inside the transaction: the tier at the time of payment.
+                member = await Member.get(id=member.id).using_db(conn)
+                earned, growth = await _credit(conn=conn, rules=rules, payment=payment, member=member,
+                                               now=now, tz=tz)
+    except IntegrityError:
+        existing = await Payment.get_or_none(transaction_id=transaction_id)
+        if existing is None:
+            raise
+        return PaymentOutcome(payment_id=existing.id, created=False, member_id=existing.member_id,
+                              points=int(existing.points_awarded), growth=int(existing.growth_awarded))
+    if member is not None and not member.blacklisted:
+        await _after_paid(redis=redis, rules=rules, member_id=member.id, payment_id=payment.id, now=now, tz=tz)
+    return PaymentOutcome(payment_id=payment.id, created=True, member_id=member.id if member else None,
+                          points=earned, growth=growth)
+
+
+async def _after_paid(*, redis: Redis | None, rules: Rules, member_id: int, payment_id: int,
+                      now: datetime, tz: ZoneInfo) -> None:
+    from app.domain import referral  # referral's reward reads payments' rows: import at call time
+
+    await referral.note_paid(invitee_id=member_id, now=now)
+    if redis is None:
+        return
+    # "Not refunded within the notification": a payment fully refunded by now earns no reward.
+    live = await Payment.filter(id=payment_id, refunded_fen__lt=F("payer_total_fen")).exists()
+    if live:
+        await referral.reward_first_order(redis=redis, rules=rules, invitee_id=member_id, now=now, tz=tz)
+
+
+async def credit_pending(*, member: Member, now: datetime, tz: ZoneInfo | None = None,
+                         redis: Redis | None = None, rules: Rules | None = None) -> int:
+    """Credit the payments made by this member's openid before it was a member; returns how many.
+
+    Once per payment: the conditional flip of `credited` and the ledger key `pay:{transaction_id}`.
+    """
+    tz = tz or ZoneInfo("Asia/Shanghai")
+    rules = rules or await rules_module.load()
+    pending = await Payment.filter(openid=member.openid, credited=False, member_id=None).order_by("id")
+    done = 0
+    for payment in pending:
+        try:
+            async with in_transaction() as conn:
+                # The row count is the claim: a racing login credits nothing twice.
+                claimed = await Payment.filter(id=payment.id, credited=False, member_id=None) \
+                    .using_db(conn).update(member_id=member.id)
+                if not claimed:
+                    continue
+                fresh = await Member.get(id=member.id).using_db(conn)
+                await _credit(conn=conn, rules=rules, payment=payment, member=fresh, now=now, tz=tz)
+        except IntegrityError:
+            continue  # the ledger key was used already: credited elsewhere
+        done += 1
+        if not member.blacklisted:
+            await _after_paid(redis=redis, rules=rules, member_id=member.id, payment_id=payment.id,
+                              now=now, tz=tz)
+    return done
+
+
+async def record_refund(*, rules: Rules, refund_id: str, transaction_id: str, refund_fen: int,
+                        now: datetime) -> RefundOutcome:
+    """Record a refund once by refund_id and take back the refunded share of what its payment
+    earned: cumulative target floor(awarded × refunded / total) minus what earlier refunds took,
+    so refunds that add up to the whole return exactly what was given. Points may go negative.
+    Before its payment is recorded: PaymentNotRecorded (WeChat retries)."""
+    payment = await Payment.get_or_none(transaction_id=transaction_id)
+    if payment is None:
+        raise PaymentNotRecorded(f"payment {transaction_id} not yet recorded")
+    try:
+        async with in_transaction() as conn:
+            refund = await Refund.create(refund_id=refund_id, payment_id=payment.id,
+                                         refund_fen=max(0, int(refund_fen)), using_db=conn)
+            # This UPDATE takes the payment's row lock on PostgreSQL: refunds of one payment (and
+            # its pending credit) run one after the other from here, so the sums below are settled.
+            await Payment.filter(id=payment.id).using_db(conn).update(
+                refunded_fen=F("refunded_fen") + max(0, int(refund_fen)))
+            row = await Payment.get(id=payment.id).using_db(conn)
+            taken = await Refund.filter(payment_id=payment.id).exclude(id=refund.id).using_db(conn) \
+                .annotate(p=Sum("points_taken"), g=Sum("growth_taken")).values("p", "g")
+            taken_points = int(taken[0]["p"] or 0) if taken else 0
+            taken_growth = int(taken[0]["g"] or 0) if taken else 0
+            total = max(1, int(row.payer_total_fen))
+            refunded = min(int(row.refunded_fen), total)
+            # Integer floor division: exact for any amount, where a float would round.
+            take_points = max(0, int(row.points_awarded) * refunded // total - taken_points)
+            take_growth = max(0, int(row.growth_awarded) * refunded // total - taken_growth)
+            if row.credited and row.member_id and (take_points or take_growth):
+                lot = await LedgerEntry.filter(idempotency_key=f"pay:{row.transaction_id}") \
+                    .using_db(conn).first().values_list("id", flat=True)
+                await points.debit(conn=conn, member_id=row.member_id, amount=take_points, reason="refund",
+                                   key=f"refund:{refund_id}", allow_negative=True, growth=take_growth,
+                                   first_lot=lot, note=transaction_id)
+                await tiers.follow_growth(conn=conn, member_id=row.member_id, rules=rules, cause="refund",
+                                          now=now, allow_down=True)
+            else:
+                take_points = take_growth = 0
+            await Refund.filter(id=refund.id).using_db(conn).update(points_taken=take_points,
+                                                                    growth_taken=take_growth)
+    except IntegrityError:
+        existing = await Refund.get_or_none(refund_id=refund_id)
+        if existing is None:
+            raise
+        return RefundOutcome(refund_id=existing.id, created=False, points_taken=int(existing.points_taken),
+                             growth_taken=int(existing.growth_taken))
+    return RefundOutcome(refund_id=refund.id, created=True, points_taken=take_points, growth_taken=take_growth)
