@@ -1,0 +1,86 @@
+"""Referral rewards on the invitee's first paid order (app/domain/referral.py)."""
+import asyncio
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from app.domain import antiabuse, payments, referral, rules
+from app.domain.members import new_invite_code
+from app.models import Blacklist, LedgerEntry, Member, Referral
+from tests.conftest import assert_ledger_consistent
+
+TZ = ZoneInfo("Asia/Shanghai")
+APPID = "wx-test-mp"
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=TZ)
+
+
+async def new_member(openid: str, **fields) -> Member:
+    return await Member.create(appid=APPID, openid=openid, invite_code=new_invite_code(), **fields)
+
+
+async def invited(inviter: Member, openid: str) -> Member:
+    invitee = await new_member(openid)
+    assert await referral.bind(invitee=invitee, invite_code=inviter.invite_code, source="login")
+    return invitee
+
+
+async def pay(redis, openid: str, fen: int, tid: str, now=NOW):
+    return await payments.record_payment(
+        redis=redis, rules=await rules.load(), appid=APPID, transaction_id=tid, out_trade_no=tid,
+        openid=openid, total_fen=fen, payer_total_fen=fen, paid_at=now, now=now, tz=TZ)
+
+
+async def test_two_first_orders_at_once_reward_once(db, redis):
+    inviter = await new_member("o-inviter")
+    invitee = await invited(inviter, "o-invitee")
+    await asyncio.gather(*(pay(redis, "o-invitee", 1_000, f"t-{i}") for i in range(10)))
+    assert (await Member.get(id=inviter.id)).points == 50
+    assert (await Member.get(id=invitee.id)).points == 50 + 100
+    assert await LedgerEntry.filter(reason="referral").count() == 2
+    row = await Referral.get(invitee_id=invitee.id)
+    assert row.rewarded_at is not None and row.paid_at is not None
+    funnel = await referral.funnel(inviter_id=inviter.id)
+    assert (funnel.invited, funnel.paid, funnel.rewarded) == (1, 1, 1)
+    await assert_ledger_consistent()
+
+
+async def test_reward_is_under_the_daily_cap(db, redis):
+    inviter = await new_member("o-capped")
+    invitee = await invited(inviter, "o-capped-invitee")
+    day = NOW.astimezone(TZ).date()
+    assert await antiabuse.reserve_cap(redis=redis, member_id=inviter.id, day=day, wanted=180, cap=200) == 180
+    await pay(redis, "o-capped-invitee", 500, "t-cap")
+    assert (await Member.get(id=inviter.id)).points == 20  # partial: what the cap left
+    assert (await Member.get(id=invitee.id)).points == 55
+    await assert_ledger_consistent()
+
+
+async def test_at_most_twenty_rewarded_invites_per_inviter_a_day(db, redis):
+    inviter = await new_member("o-popular")
+    people = [await invited(inviter, f"o-friend-{i}") for i in range(22)]
+    await asyncio.gather(*(pay(redis, p.openid, 100, f"t-friend-{i}") for i, p in enumerate(people)))
+    assert await Referral.filter(inviter_id=inviter.id, rewarded_at__isnull=False).count() == 20
+    assert await Referral.filter(inviter_id=inviter.id, reward_skipped="inviter_daily_limit").count() == 2
+    # The cap of 200 a day also holds for the inviter: 4 rewards of 50 filled it.
+    assert (await Member.get(id=inviter.id)).points == 200
+    await assert_ledger_consistent()
+
+
+async def test_blacklisted_get_nothing(db, redis):
+    inviter = await new_member("o-bad-inviter")
+    invitee = await invited(inviter, "o-bad-invitee")
+    await Blacklist.create(kind="member", value=str(inviter.id))
+    await pay(redis, "o-bad-invitee", 1_000, "t-bad")
+    assert (await Member.get(id=inviter.id)).points == 0
+    assert (await Member.get(id=invitee.id)).points == 10
+    assert (await Referral.get(invitee_id=invitee.id)).reward_skipped == "blacklisted"
+    await assert_ledger_consistent()
+
+
+async def test_a_second_order_rewards_nothing_more(db, redis):
+    inviter = await new_member("o-inv2")
+    invitee = await invited(inviter, "o-inv2-invitee")
+    await pay(redis, "o-inv2-invitee", 1_000, "t-a")
+    await pay(redis, "o-inv2-invitee", 1_000, "t-b")
+    assert await LedgerEntry.filter(reason="referral").count() == 2
+    assert (await Member.get(id=invitee.id)).points == 70
+    await assert_ledger_consistent()
