@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     from app.config import Settings
     from app.wechat.client import WeChatClient
+    from app.wechat.pay_client import PayClient
 
 settings_key = web.AppKey("settings", "Settings")
 redis_key = web.AppKey("redis", Redis)
@@ -20,6 +21,9 @@ wechat_key = web.AppKey("wechat", "WeChatClient")
 scheduler_key = web.AppKey("scheduler", "AsyncIOScheduler")
 background_key = web.AppKey("background", set)
 simulator_key = web.AppKey("simulator", web.Application)
+simulator_url_key = web.AppKey("simulator_url", str)
+# None when WeChat Pay's merchant key is not configured: cash items answer 503 pay_not_configured.
+pay_client_key = web.AppKey("pay_client", "PayClient | None")
 clock_key = web.AppKey("clock", object)
 # The APIv3 notification verifier (app.wechat.pay.PayV3Verifier), or None when pay is not configured.
 pay_verifier_key = web.AppKey("pay_verifier", object)

@@ -78,6 +78,7 @@ async def wechat_ctx(app: web.Application) -> AsyncIterator[None]:
         port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp exposes no getter
         base, appid, secret = f"http://127.0.0.1:{port}", "wx-sandbox-mp", "sandbox-secret"
         app[keys.simulator_key] = runner.app
+        app[keys.simulator_url_key] = base
         log.info("sandbox mode: WeChat simulator", extra={"fields": {"base": base}})
     app[keys.wechat_key] = WeChatClient(
         session=app[keys.http_key], redis=app[keys.redis_key], base_url=base,
@@ -86,6 +87,30 @@ async def wechat_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     if runner is not None:
         await runner.cleanup()
+
+
+async def pay_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The WeChat Pay merchant client: the simulator's merchant test key in sandbox mode, else
+    WECHAT_PAY_MCHID + WECHAT_PAY_PRIVATE_KEY + WECHAT_PAY_CERT_SERIAL (all three, or no client)."""
+    from app.wechat.pay import load_private_key
+    from app.wechat.pay_client import PayClient
+
+    settings = app[keys.settings_key]
+    client = None
+    if settings.sandbox:
+        from miniprogram_stub.simulator import pay as sandbox_pay
+
+        client = PayClient(session=app[keys.http_key], base_url=app[keys.simulator_url_key],
+                           mchid=sandbox_pay.SANDBOX_MCHID, appid=settings.appid,
+                           serial_no=sandbox_pay.SANDBOX_MERCHANT_SERIAL,
+                           private_key=await asyncio.to_thread(sandbox_pay.merchant_private_key))
+    elif settings.pay_mchid and settings.pay_private_key_path and settings.pay_cert_serial:
+        key = await asyncio.to_thread(load_private_key, settings.pay_private_key_path)
+        client = PayClient(session=app[keys.http_key], base_url=settings.pay_api_base,
+                           mchid=settings.pay_mchid, appid=settings.appid,
+                           serial_no=settings.pay_cert_serial, private_key=key)
+    app[keys.pay_client_key] = client
+    yield
 
 
 async def background_ctx(app: web.Application) -> AsyncIterator[None]:

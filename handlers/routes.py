@@ -2,7 +2,12 @@
 from aiohttp import web
 
 from handlers import ops
+from handlers.admin import blacklist as admin_blacklist
+from handlers.admin import members as admin_members
+from handlers.admin import rewards as admin_rewards
+from handlers.admin import rules as admin_rules
 from handlers.mp import checkin, members, points
+from handlers.mp import rewards as mp_rewards
 from handlers.mp import referral as mp_referral
 from handlers.wechat import pay as wechat_pay
 
@@ -19,6 +24,19 @@ def setup(app: web.Application) -> None:
     r.add_post("/mp/checkin/makeup", checkin.make_up)
     r.add_get("/mp/checkin/calendar", checkin.calendar)
     r.add_get("/mp/points", points.history)
+    r.add_get("/mp/rewards", mp_rewards.catalogue)
+    r.add_post(r"/mp/rewards/{id:\d{1,18}}/redeem", mp_rewards.redeem)
+
+    r.add_get("/admin/rules", admin_rules.show)
+    r.add_patch("/admin/rules", admin_rules.change)
+    r.add_get("/admin/members", admin_members.search)
+    r.add_get("/admin/members/{id}", admin_members.show)
+    r.add_post("/admin/members/{id}/points", admin_members.adjust_points)
+    r.add_get("/admin/rewards", admin_rewards.listing)
+    r.add_post("/admin/rewards", admin_rewards.create)
+    r.add_get("/admin/blacklist", admin_blacklist.listing)
+    r.add_post("/admin/blacklist", admin_blacklist.add)
+    r.add_delete("/admin/blacklist/{kind}/{value}", admin_blacklist.remove)
     r.add_get("/mp/referral", mp_referral.overview)
     r.add_get("/mp/referral/qrcode/{code}.png", mp_referral.qrcode)
     r.add_post("/wechat/pay/notify", wechat_pay.notify)

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .merchant import add_merchant_routes
 from .state import SimulatorState
 
 state_key = web.AppKey("wechat_simulator_state", SimulatorState)
@@ -57,6 +58,7 @@ def create_simulator_app(*, appid: str = "wx-sandbox-mp", secret: str = "sandbox
         web.post("/_sim/activate-tickets", sim_activate_tickets),
         web.get("/_sim/state", sim_state),
     ])
+    add_merchant_routes(app)
     return app
 
 

@@ -1,0 +1,189 @@
+"""The points mall (积分商城): items for points, or points + cash paid through WeChat Pay.
+
+A redemption spends the points and one unit of stock in one transaction. Stock moves by a
+conditional UPDATE (never below zero); the per-member limit counts redemptions that are not
+released, and is made race-safe by the ledger's unique key: the n-th redemption of a reward by
+a member debits under `redeem:{reward}:{member}:{n}`, so two racing requests for the same slot
+cannot both commit. A points + cash item stays "pending" with its points held until WeChat
+Pay's notification marks it "done" (`on_paid`); unpaid after 15 minutes it is released
+(`release_expired`): the points come back as a `release:{redemption}` credit and the stock +1.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from tortoise.exceptions import IntegrityError
+from tortoise.expressions import F
+from tortoise.functions import Count
+from tortoise.transactions import in_transaction
+
+from app.domain import points
+from app.domain import rules as rules_mod
+from app.errors import Conflict, InvalidField, NotFound, Unavailable
+from app.models import AuditLog, Member, Redemption, Reward
+from app.wechat.pay_client import PayClient, PayError, PayUnavailable
+
+HOLD = timedelta(minutes=15)
+PENDING, DONE, RELEASED = "pending", "done", "released"
+HELD = (PENDING, DONE)  # what counts against the per-member limit
+
+
+@dataclass(frozen=True)
+class Redeemed:
+    """A redemption as the member sees it right after: the points balance, and for a cash item
+    the wx.requestPayment params."""
+
+    redemption: Redemption
+    reward: Reward
+    balance: int
+    pay_params: dict[str, str] | None = None
+
+
+def is_on_sale(reward: Reward, now: datetime) -> bool:
+    return reward.active and (reward.valid_until is None or reward.valid_until > now)
+
+
+async def catalogue(*, member_id: int, now: datetime) -> list[tuple[Reward, int]]:
+    """Active, unexpired items (sold-out ones too, with stock 0), each with how many of it the
+    member holds (pending or done redemptions)."""
+    items = [r for r in await Reward.filter(active=True).order_by("points", "id") if is_on_sale(r, now)]
+    counts = dict(await Redemption.filter(member_id=member_id, status__in=HELD)
+                  .annotate(n=Count("id")).group_by("reward_id").values_list("reward_id", "n"))
+    return [(r, int(counts.get(r.id, 0))) for r in items]
+
+
+async def redeem(*, reward_id: int, member_id: int, now: datetime, pay: PayClient | None,
+                 notify_url: str) -> Redeemed:
+    """Spend the item's points and one unit of stock at once (409 out_of_stock,
+    insufficient_points, limit_reached); a cash item also places a WeChat Pay JSAPI order
+    (503 pay_not_configured without a merchant key) and stays pending for 15 minutes."""
+    reward = await Reward.get_or_none(id=reward_id)
+    if reward is None or not is_on_sale(reward, now):
+        raise NotFound("no such item in the points mall", code="reward_not_found")
+    cash = int(reward.cash_fen) > 0
+    if cash and pay is None:
+        raise Unavailable("WeChat Pay is not configured for points + cash items", code="pay_not_configured")
+    member = await Member.get_or_none(id=member_id)
+    if member is None:
+        raise NotFound("member not found", code="member_not_found")
+    statuses = await Redemption.filter(member_id=member_id, reward_id=reward.id).values_list("status", flat=True)
+    held = sum(1 for s in statuses if s in HELD)
+    if held >= reward.per_member_limit:
+        raise Conflict(f"at most {reward.per_member_limit} of this item per member", code="limit_reached")
+    # Every redemption ever made (released too) numbers the slot, so the key is never reused.
+    slot = len(statuses) + 1
+    try:
+        async with in_transaction() as conn:
+            # Points first: the member's row lock is cheap; the reward's row is the hot one, so
+            # it is taken last and held for as short a time as possible.
+            posting = await points.debit(conn=conn, member_id=member_id, amount=int(reward.points),
+                                         reason="redeem", key=f"redeem:{reward.id}:{member_id}:{slot}",
+                                         note=reward.name[:255])
+            taken = await Reward.filter(id=reward.id, stock__gt=0).using_db(conn).update(stock=F("stock") - 1)
+            if not taken:
+                raise Conflict("this item is out of stock", code="out_of_stock")
+            redemption = await Redemption.create(
+                reward_id=reward.id, member_id=member_id, points=int(reward.points),
+                cash_fen=int(reward.cash_fen), status=PENDING if cash else DONE,
+                out_trade_no=_trade_no() if cash else None, expires_at=now + HOLD if cash else None,
+                using_db=conn)
+    except IntegrityError:
+        raise Conflict("another redemption of this item is in progress; try again",
+                       code="redeem_in_progress") from None
+    if not cash:
+        return Redeemed(redemption=redemption, reward=reward, balance=posting.balance)
+    return await _place_order(redemption=redemption, reward=reward, member=member, pay=pay,
+                              notify_url=notify_url, balance=posting.balance, now=now)
+
+
+def _trade_no() -> str:
+    # "rd" tells the payment notification handler this order is a points-mall redemption.
+    return "rd" + secrets.token_hex(15)
+
+
+async def _place_order(*, redemption: Redemption, reward: Reward, member: Member, pay: PayClient,
+                       notify_url: str, balance: int, now: datetime) -> Redeemed:
+    """The JSAPI order, outside the transaction (no row lock held over the network); if WeChat
+    Pay refuses or is down, the hold is released at once."""
+    try:
+        prepay_id = await pay.create_jsapi_order(
+            description=reward.name, out_trade_no=redemption.out_trade_no,
+            amount_fen=int(reward.cash_fen), openid=member.openid, notify_url=notify_url)
+    except PayError as exc:
+        await release(redemption_id=redemption.id, now=now)
+        if isinstance(exc, PayUnavailable):
+            raise Unavailable("WeChat Pay is not answering, try again shortly", code="pay_unavailable") from None
+        raise Unavailable(f"WeChat Pay refused the order ({exc.code})", code="pay_failed") from None
+    await Redemption.filter(id=redemption.id).update(prepay_id=prepay_id)
+    redemption.prepay_id = prepay_id
+    params = await pay.jsapi_params(prepay_id=prepay_id, timestamp=int(now.timestamp()))
+    return Redeemed(redemption=redemption, reward=reward, balance=balance, pay_params=params)
+
+
+async def on_paid(*, out_trade_no: str, transaction_id: str, now: datetime) -> bool:
+    """TRANSACTION.SUCCESS for a redemption's order: pending → done, once. False when the order
+    is not a pending redemption (unknown, already done, or released by `release_expired` first:
+    a late payment the operator refunds)."""
+    moved = await Redemption.filter(out_trade_no=out_trade_no, status=PENDING).update(status=DONE)
+    return bool(moved)
+
+
+async def release(*, redemption_id: int, now: datetime) -> bool:
+    """Give a pending redemption back: points as a `release:{id}` credit, stock +1, status released.
+
+    Conditional on pending, in the same transaction as the credit, so a payment arriving at the
+    same moment (`on_paid`) and the release cannot both win."""
+    expiry_months = (await rules_mod.load()).points.expiry_months
+    async with in_transaction() as conn:
+        moved = await Redemption.filter(id=redemption_id, status=PENDING).using_db(conn).update(status=RELEASED)
+        if not moved:
+            return False
+        row = await Redemption.get(id=redemption_id).using_db(conn)
+        if row.points > 0:
+            await points.credit(conn=conn, member_id=row.member_id, amount=int(row.points), reason="release",
+                                key=f"release:{row.id}", now=now, expiry_months=expiry_months)
+        await Reward.filter(id=row.reward_id).using_db(conn).update(stock=F("stock") + 1)
+    return True
+
+
+async def release_expired(*, now: datetime) -> int:
+    """Release every points + cash redemption still unpaid 15 minutes after it was made."""
+    released = 0
+    while True:
+        ids = await Redemption.filter(status=PENDING, expires_at__lte=now).order_by("id") \
+            .limit(500).values_list("id", flat=True)
+        for redemption_id in ids:
+            released += await release(redemption_id=redemption_id, now=now)
+        if len(ids) < 500:
+            return released
+
+
+# -- operators ----------------------------------------------------------------------------------
+
+async def create(*, name: str, points_cost: int, cash_fen: int, stock: int, per_member_limit: int,
+                 valid_until: datetime | None, actor: str) -> Reward:
+    """An operator adds an item (audited). Points and cash cannot both be zero."""
+    name = (name or "").strip()
+    if not name or len(name) > 64:
+        raise InvalidField("name", "must be 1 to 64 characters")
+    if points_cost == 0 and cash_fen == 0:
+        raise InvalidField("points", "an item costs points, cash, or both")
+    async with in_transaction() as conn:
+        reward = await Reward.create(name=name, points=points_cost, cash_fen=cash_fen, stock=stock,
+                                     per_member_limit=per_member_limit, valid_until=valid_until,
+                                     using_db=conn)
+        await AuditLog.create(actor=actor, action="rewards.create", target=f"reward:{reward.id}",
+                              before=None, after=render_admin(reward), using_db=conn)
+    return reward
+
+
+def render_admin(reward: Reward) -> dict:
+    return {
+        "id": reward.id, "name": reward.name, "points": int(reward.points),
+        "cash_fen": int(reward.cash_fen), "stock": int(reward.stock),
+        "per_member_limit": int(reward.per_member_limit), "active": reward.active,
+        "valid_until": reward.valid_until.isoformat() if reward.valid_until else None,
+        "coupon_template_id": reward.coupon_template_id,
+    }

@@ -1,0 +1,98 @@
+"""Outbound WeChat Pay APIv3 calls, signed with the merchant key: JSAPI orders for points + cash items.
+
+One shared aiohttp session; the RSA signing is CPU work, so it runs in a thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from app.wechat.pay import jsapi_pay_params, sign_request
+
+JSAPI_PATH = "/v3/pay/transactions/jsapi"
+
+
+class PayError(Exception):
+    """WeChat Pay refused the request (HTTP 4xx); `code` is its error code (PARAM_ERROR, SIGN_ERROR...)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class PayUnavailable(PayError):
+    """WeChat Pay could not be reached: network error, timeout or HTTP 5xx."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "unavailable", message)
+
+
+class PayClient:
+    """The merchant's side of APIv3: every request carries an Authorization header signed with
+    the merchant private key under `serial_no` (its certificate serial)."""
+
+    def __init__(self, *, session: aiohttp.ClientSession, base_url: str, mchid: str, appid: str,
+                 serial_no: str, private_key: RSAPrivateKey, timeout: float = 5.0) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self.mchid = mchid
+        self.appid = appid
+        self._serial_no = serial_no
+        self._private_key = private_key
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def create_jsapi_order(self, *, description: str, out_trade_no: str, amount_fen: int,
+                                 openid: str, notify_url: str) -> str:
+        """Place a JSAPI order (统一下单) for `amount_fen` paid by `openid`; returns its prepay_id."""
+        body = {
+            "appid": self.appid, "mchid": self.mchid, "description": description[:127],
+            "out_trade_no": out_trade_no, "notify_url": notify_url,
+            "amount": {"total": int(amount_fen), "currency": "CNY"},
+            "payer": {"openid": openid},
+        }
+        answer = await self._post(JSAPI_PATH, body)
+        prepay_id = answer.get("prepay_id")
+        if not isinstance(prepay_id, str) or not prepay_id:
+            raise PayError(502, "bad_reply", "no prepay_id in WeChat Pay's answer")
+        return prepay_id
+
+    async def jsapi_params(self, *, prepay_id: str, timestamp: int | None = None) -> dict[str, str]:
+        """The params the mini-program passes to wx.requestPayment for this prepay_id."""
+        return await asyncio.to_thread(
+            jsapi_pay_params, appid=self.appid, prepay_id=prepay_id, private_key=self._private_key,
+            timestamp=int(time.time()) if timestamp is None else timestamp,
+            nonce=secrets.token_hex(16))
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        # The signature covers the exact bytes sent, so serialise once and send those.
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        authorization = await asyncio.to_thread(
+            sign_request, method="POST", url_path_with_query=path, body=body, mchid=self.mchid,
+            serial_no=self._serial_no, private_key=self._private_key,
+            timestamp=int(time.time()), nonce=secrets.token_hex(16))
+        headers = {"Authorization": authorization, "Content-Type": "application/json",
+                   "Accept": "application/json"}
+        try:
+            async with self._session.post(self._base_url + path, data=body.encode(), headers=headers,
+                                          timeout=self._timeout) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise PayUnavailable(f"WeChat Pay unreachable: {type(exc).__name__}") from None
+        if status >= 500:
+            raise PayUnavailable(f"WeChat Pay answered HTTP {status}")
+        try:
+            answer = json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError):
+            answer = {}
+        if not isinstance(answer, dict):
+            answer = {}
+        if status >= 400:
+            raise PayError(status, str(answer.get("code") or "error"), str(answer.get("message") or ""))
+        return answer
