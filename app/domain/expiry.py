@@ -1,0 +1,170 @@
+"""Points expiry (CONTRACT.md: each earning expires 12 months after it was earned) and its reminders
+(a subscription message 30 and 7 days before points expire).
+
+Expiry is the one ledger writer outside app/domain/points.py, because a million members cannot
+take a Python round trip each: it works in chunks of lots, each chunk one transaction of a few
+set-based statements that keep the ledger invariant (balance == sum(entries),
+max(balance, 0) == sum(remaining)). A member in debt has no remaining lots, so is never touched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from tortoise import connections
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.transactions import in_transaction
+
+from app import metrics
+from app.domain.clock import day_start
+
+CHUNK = 5000
+
+# Lots of the chunk still due: id in (low, high], something left, past their expiry.
+_DUE = "id > $1 AND id <= $2 AND remaining > 0 AND expires_at <= $3"
+
+_LOCK_MEMBERS_PG = f"""
+SELECT id FROM member WHERE id IN (SELECT member_id FROM ledger_entry WHERE {_DUE})
+ORDER BY id FOR UPDATE
+"""
+_POST_ENTRIES = f"""
+INSERT INTO ledger_entry (member_id, delta, growth_delta, reason, idempotency_key, remaining,
+                          note, created_at)
+SELECT member_id, -remaining, 0, 'expire', 'expire:' || id, 0, '', $4
+FROM ledger_entry WHERE {_DUE}
+ON CONFLICT (idempotency_key) DO NOTHING
+"""
+_DEBIT_MEMBERS = f"""
+UPDATE member SET points = member.points - due.total
+FROM (SELECT member_id, SUM(remaining) AS total FROM ledger_entry WHERE {_DUE} GROUP BY member_id) AS due
+WHERE member.id = due.member_id
+"""
+_CLEAR_LOTS = f"UPDATE ledger_entry SET remaining = 0 WHERE {_DUE}"
+
+
+def _sql(conn: BaseDBAsyncClient, text: str) -> str:
+    # The statements are written with PostgreSQL's $n; SQLite spells the same numbered parameter ?n.
+    return text if conn.capabilities.dialect == "postgres" else text.replace("$", "?")
+
+
+def _param(conn: BaseDBAsyncClient, moment: datetime):
+    # SQLite keeps datetimes as UTC text (as Tortoise writes them), compared as strings.
+    moment = moment.astimezone(timezone.utc)
+    return moment if conn.capabilities.dialect == "postgres" else moment.isoformat(" ")
+
+
+async def _post_entries(tx: BaseDBAsyncClient, params: list) -> int:
+    if tx.capabilities.dialect == "postgres":
+        # Tortoise reports no row count for a bare INSERT on asyncpg: count what RETURNING gives.
+        _, rows = await tx.execute_query(
+            f"WITH posted AS ({_POST_ENTRIES} RETURNING 1) SELECT COUNT(*) AS n FROM posted", params)
+        return int(dict(rows[0])["n"])
+    count, _ = await tx.execute_query(_sql(tx, _POST_ENTRIES), params)
+    return count
+
+
+@dataclass
+class ExpiryResult:
+    lots: int = 0
+    members: int = 0
+    points: int = 0
+    chunks: int = 0
+
+
+async def expire_due(*, now: datetime, chunk: int = CHUNK, total=lambda n: None,
+                     advance=lambda n: None) -> ExpiryResult:
+    """Expire what is left of every lot whose expires_at has passed at `now`, once per lot.
+
+    Each lot's rest becomes an entry (reason "expire", key `expire:{lot_id}`, delta -remaining),
+    the lot's remaining goes to 0 and Member.points down by the same sum. Per chunk of `chunk`
+    due lots (an id range), one transaction: on PostgreSQL it first locks the chunk's member rows
+    in id order — the same lock a spend takes first (its balance UPDATE) — so no spend can
+    consume a lot between the statements; SQLite has one writer at a time anyway. A re-run
+    finds nothing due; the unique key guards against a double entry all the same.
+    """
+    conn = connections.get("default")
+    at = _param(conn, now)
+    result = ExpiryResult()
+    _, rows = await conn.execute_query(
+        _sql(conn, "SELECT COUNT(*) AS n FROM ledger_entry WHERE remaining > 0 AND expires_at <= $1"), [at])
+    total(int(dict(rows[0])["n"]))
+    low = 0
+    while True:
+        _, rows = await conn.execute_query(_sql(conn, f"""
+            SELECT id, member_id FROM ledger_entry
+            WHERE id > $1 AND remaining > 0 AND expires_at <= $2 ORDER BY id LIMIT {int(chunk)}"""),
+            [low, at])
+        if not rows:
+            break
+        rows = [dict(r) for r in rows]
+        high = int(rows[-1]["id"])
+        params = [low, high, at]
+        async with in_transaction() as tx:
+            if tx.capabilities.dialect == "postgres":
+                await tx.execute_query(_sql(tx, _LOCK_MEMBERS_PG), params)
+            posted = await _post_entries(tx, params + [_param(tx, now)])
+            _, sums = await tx.execute_query(_sql(tx, f"SELECT COALESCE(SUM(remaining), 0) AS s "
+                                                      f"FROM ledger_entry WHERE {_DUE}"), params)
+            await tx.execute_query(_sql(tx, _DEBIT_MEMBERS), params)
+            cleared, _ = await tx.execute_query(_sql(tx, _CLEAR_LOTS), params)
+            if posted != cleared:
+                # Only possible if an `expire:` entry exists for a lot that still has points:
+                # refuse rather than leave the invariant broken.
+                raise RuntimeError(f"expiry of lots ({low}, {high}]: {posted} entries for {cleared} lots")
+        amount = int(dict(sums[0])["s"])
+        result.lots += cleared
+        result.points += amount
+        result.members += len({r["member_id"] for r in rows})
+        result.chunks += 1
+        metrics.POINTS_SPENT.labels(reason="expire").inc(amount)
+        advance(len(rows))
+        low = high
+    return result
+
+
+@dataclass(frozen=True)
+class Expiring:
+    member_id: int
+    points: int
+    expires_on: date
+    days: int
+
+
+async def expiring_on(*, day: date, days: int, tz: ZoneInfo) -> list[Expiring]:
+    """Members with points left in lots that expire during business day `day`, one aggregate query."""
+    conn = connections.get("default")
+    start, end = day_start(day, tz), day_start(day + timedelta(days=1), tz)
+    _, rows = await conn.execute_query(_sql(conn, """
+        SELECT member_id, SUM(remaining) AS points FROM ledger_entry
+        WHERE remaining > 0 AND expires_at >= $1 AND expires_at < $2
+        GROUP BY member_id ORDER BY member_id"""), [_param(conn, start), _param(conn, end)])
+    return [Expiring(int(dict(r)["member_id"]), int(dict(r)["points"]), day, days) for r in rows]
+
+
+async def remind_expiring(*, rules, today: date, now: datetime, tz: ZoneInfo, batch: int = 5000,
+                          total=lambda n: None, advance=lambda n: None) -> dict:
+    """A subscription message (kind "points_expiry") 30 and 7 days (rules.points.remind_days)
+    before a member's points expire: one per member per expiry day and window, period
+    `{expiry_date}:{days}`, so a re-run the same day queues nothing twice.
+    """
+    from app.domain import messages
+
+    windows = [(days, await expiring_on(day=today + timedelta(days=days), days=days, tz=tz))
+               for days in sorted(set(rules.points.remind_days), reverse=True)]
+    total(sum(len(found) for _, found in windows))
+    summary = {"seen": 0, "sent": 0, "skipped": 0, "failed": 0}
+    for days, found in windows:
+        for start in range(0, len(found), batch):
+            part = found[start:start + batch]
+            sent = await messages.enqueue_many([
+                {"member_id": e.member_id, "kind": "points_expiry",
+                 "period": f"{e.expires_on.isoformat()}:{days}",
+                 "values": {"points": e.points, "expires_on": e.expires_on.isoformat()},
+                 "page": "pages/points/index"}
+                for e in part], now=now)
+            summary["seen"] += len(part)
+            summary["sent"] += sent
+            summary["skipped"] += len(part) - sent
+            advance(len(part))
+    return summary
