@@ -80,15 +80,22 @@ async def deliver_due(*, wechat: Any, oa_wechat: Any, settings: Any, now: dateti
     claimed = await _claim(now=now, limit=limit)
     summary = {"claimed": len(claimed), "sent": 0, "skipped": 0, "retried": 0, "dead": 0}
     gate = asyncio.Semaphore(concurrency)
+    member_ids = {m.member_id for m, _ in claimed}
+    openids = dict(await Member.filter(id__in=member_ids).values_list("id", "openid")) if member_ids else {}
 
-    async def one(message: OutboxMessage, lease: datetime) -> None:
+    async def member_s(batch: list[tuple[OutboxMessage, datetime]]) -> None:
+        # One member's messages go one after the other, oldest first: the oldest gets the quota.
         async with gate:
-            outcome = await _deliver(message, lease=lease, wechat=wechat, oa_wechat=oa_wechat,
-                                     settings=settings, now=now, bucket=bucket,
-                                     max_attempts=max_attempts)
-            summary[outcome] += 1
+            for message, lease in batch:
+                outcome = await _deliver(message, lease=lease, wechat=wechat, oa_wechat=oa_wechat,
+                                         settings=settings, now=now, bucket=bucket,
+                                         max_attempts=max_attempts, openids=openids)
+                summary[outcome] += 1
 
-    await asyncio.gather(*(one(m, lease) for m, lease in claimed))
+    by_member: dict[int, list[tuple[OutboxMessage, datetime]]] = {}
+    for message, lease in sorted(claimed, key=lambda pair: pair[0].id):
+        by_member.setdefault(message.member_id, []).append((message, lease))
+    await asyncio.gather(*(member_s(batch) for batch in by_member.values()))
     return summary
 
 
@@ -137,12 +144,13 @@ async def _in_member_order(rows: list[OutboxMessage], *, conn=None) -> list[Outb
 
 
 async def _deliver(message: OutboxMessage, *, lease: datetime, wechat: Any, oa_wechat: Any, settings: Any,
-                   now: datetime, bucket: TokenBucket, max_attempts: int) -> str:
+                   now: datetime, bucket: TokenBucket, max_attempts: int, openids: dict[int, str]) -> str:
     mine = OutboxMessage.filter(id=message.id, status=SENDING, next_attempt_at=lease)
     attempts = message.attempts + 1
     try:
         if message.channel == "subscribe":
-            outcome = await _send_subscribe(message, wechat=wechat, settings=settings, bucket=bucket)
+            outcome = await _send_subscribe(message, wechat=wechat, settings=settings, bucket=bucket,
+                                            openids=openids)
         elif message.channel == "card":
             from app.domain import card  # written alongside; only the worker needs it
 
@@ -193,7 +201,8 @@ class _Permanent(Exception):
     """Retrying cannot help: the message goes to the dead letters."""
 
 
-async def _send_subscribe(message: OutboxMessage, *, wechat: Any, settings: Any, bucket: TokenBucket) -> None:
+async def _send_subscribe(message: OutboxMessage, *, wechat: Any, settings: Any, bucket: TokenBucket,
+                          openids: dict[int, str]) -> None:
     """One subscription message, paid for with one acceptance of the member's quota."""
     template_id = settings.templates.get(message.kind)
     if not template_id:
@@ -205,7 +214,7 @@ async def _send_subscribe(message: OutboxMessage, *, wechat: Any, settings: Any,
         raise _Permanent(f"missing_value:{missing}") from None
     except KeyError:
         raise _Permanent(f"unknown kind {message.kind!r}") from None
-    openid = await Member.filter(id=message.member_id).values_list("openid", flat=True).first()
+    openid = openids.get(message.member_id)
     if not openid:
         raise _Permanent("member not found")
     if not await messages.spend(member_id=message.member_id, template_id=template_id):
