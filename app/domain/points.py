@@ -18,6 +18,7 @@ from tortoise.functions import Sum
 from tortoise.transactions import in_transaction
 
 from app import metrics
+from app.domain import card
 from app.domain.clock import add_months
 from app.errors import InsufficientPoints, NotFound
 from app.models import LedgerEntry, Member
@@ -36,8 +37,12 @@ async def _existing(key: str) -> Posting | None:
     entry = await LedgerEntry.get_or_none(idempotency_key=key)
     if entry is None:
         return None
-    balance = await Member.filter(id=entry.member_id).values_list("points", flat=True).first()
-    return Posting(entry=entry, balance=int(balance or 0), created=False)
+    return Posting(entry=entry, balance=await _balance(None, entry.member_id), created=False)
+
+
+async def _balance(conn: BaseDBAsyncClient | None, member_id: int) -> int:
+    value = await Member.filter(id=member_id).using_db(conn).first().values_list("points", flat=True)
+    return int(value or 0)
 
 
 async def credit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason: str, key: str,
@@ -56,7 +61,9 @@ async def credit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason
         points=F("points") + amount, growth=F("growth") + growth)
     if not updated:
         raise NotFound(f"member {member_id} not found", code="member_not_found")
-    balance = await Member.filter(id=member_id).using_db(conn).values_list("points", flat=True).first()
+    # after the balance UPDATE: its row lock orders the card push against card.link
+    await card.enqueue(conn=conn, member_id=member_id, entry=entry, now=now)
+    balance = await _balance(conn, member_id)
     debt_before = max(0, amount - int(balance))
     if debt_before and amount > 0:
         entry.remaining = max(0, amount - debt_before)
@@ -87,8 +94,9 @@ async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason:
         if not await Member.filter(id=member_id).using_db(conn).exists():
             raise NotFound(f"member {member_id} not found", code="member_not_found")
         raise InsufficientPoints(f"not enough points for {amount}")
+    await card.enqueue(conn=conn, member_id=member_id, entry=entry)
     await _consume_lots(conn=conn, member_id=member_id, amount=amount, first_lot=first_lot)
-    balance = await Member.filter(id=member_id).using_db(conn).values_list("points", flat=True).first()
+    balance = await _balance(conn, member_id)
     metrics.POINTS_SPENT.labels(reason=reason).inc(amount)
     return Posting(entry=entry, balance=int(balance), created=True)
 
@@ -168,12 +176,11 @@ class Imbalance:
 
 async def check(member_id: int) -> Imbalance | None:
     """The ledger invariant: balance == sum of entries, and max(balance, 0) == sum of lots' remaining."""
-    balance = await Member.filter(id=member_id).values_list("points", flat=True).first()
+    balance = await _balance(None, member_id)
     sums = await LedgerEntry.filter(member_id=member_id).annotate(
         entries=Sum("delta"), remaining=Sum("remaining")).values("entries", "remaining")
     entries = int(sums[0]["entries"] or 0) if sums else 0
     remaining = int(sums[0]["remaining"] or 0) if sums else 0
-    balance = int(balance or 0)
     if balance == entries and max(balance, 0) == remaining:
         return None
     return Imbalance(member_id, balance, entries, remaining)
