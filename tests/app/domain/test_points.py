@@ -1,0 +1,143 @@
+"""The ledger: idempotent, oldest lots first, never negative by spending, debt paid first."""
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from app.domain import points
+from app.errors import InsufficientPoints
+from app.models import LedgerEntry, Member
+from tests.conftest import assert_ledger_consistent
+
+NOW = datetime(2026, 11, 22, 4, 0, tzinfo=timezone.utc)
+
+
+async def new_member(n: int = 1) -> Member:
+    return await Member.create(appid="wx", openid=f"o-{n}", invite_code=f"CODE{n:04d}")
+
+
+async def test_award_is_idempotent_per_key(db):
+    m = await new_member()
+    first = await points.award(member_id=m.id, amount=30, reason="task", key="task:1", now=NOW, expiry_months=12)
+    again = await points.award(member_id=m.id, amount=30, reason="task", key="task:1", now=NOW, expiry_months=12)
+    assert first.created and not again.created and again.entry.id == first.entry.id
+    assert again.balance == 30
+    assert first.entry.expires_at == datetime(2027, 11, 22, 4, 0, tzinfo=timezone.utc)
+    await assert_ledger_consistent()
+
+
+async def test_spend_uses_oldest_lots_first(db):
+    m = await new_member()
+    old = await points.award(member_id=m.id, amount=10, reason="a", key="a", now=NOW, expiry_months=12)
+    new = await points.award(member_id=m.id, amount=10, reason="b", key="b",
+                             now=NOW + timedelta(days=30), expiry_months=12)
+    await points.spend(member_id=m.id, amount=15, reason="redeem", key="s1")
+    lots = {e.id: e.remaining for e in await LedgerEntry.filter(member_id=m.id, delta__gt=0)}
+    assert lots == {old.entry.id: 0, new.entry.id: 5}
+    with pytest.raises(InsufficientPoints):
+        await points.spend(member_id=m.id, amount=6, reason="redeem", key="s2")
+    assert not await LedgerEntry.filter(idempotency_key="s2").exists()
+    await assert_ledger_consistent()
+
+
+async def test_negative_balance_is_paid_back_first(db):
+    m = await new_member()
+    await points.award(member_id=m.id, amount=100, reason="pay", key="pay:1", now=NOW, expiry_months=12)
+    await points.spend(member_id=m.id, amount=80, reason="redeem", key="r1")
+    from tortoise.transactions import in_transaction
+
+    async with in_transaction() as conn:
+        posting = await points.debit(conn=conn, member_id=m.id, amount=100, reason="refund",
+                                     key="refund:1", allow_negative=True)
+    assert posting.balance == -80
+    await assert_ledger_consistent()
+    earn = await points.award(member_id=m.id, amount=50, reason="task", key="t", now=NOW, expiry_months=12)
+    assert earn.balance == -30 and earn.entry.remaining == 0
+    await assert_ledger_consistent()
+    earn = await points.award(member_id=m.id, amount=50, reason="task", key="t2", now=NOW, expiry_months=12)
+    assert earn.balance == 20
+    assert (await LedgerEntry.get(id=earn.entry.id)).remaining == 20
+    await assert_ledger_consistent()
+
+
+async def test_adjust_manual(db):
+    m = await new_member()
+    await points.adjust(member_id=m.id, delta=40, reason="admin", key="admin:1", now=NOW, expiry_months=12)
+    await points.adjust(member_id=m.id, delta=-15, reason="admin", key="admin:2", now=NOW, expiry_months=12)
+    assert (await Member.get(id=m.id)).points == 25
+    with pytest.raises(InsufficientPoints):
+        await points.adjust(member_id=m.id, delta=-26, reason="admin", key="admin:3", now=NOW, expiry_months=12)
+    await assert_ledger_consistent()
+
+
+async def test_fifty_concurrent_spends_never_overdraw(db):
+    m = await new_member()
+    await points.award(member_id=m.id, amount=100, reason="pay", key="seed", now=NOW, expiry_months=12)
+
+    async def one(i):
+        try:
+            await points.spend(member_id=m.id, amount=7, reason="redeem", key=f"spend:{i}")
+            return True
+        except InsufficientPoints:
+            return False
+
+    results = await asyncio.gather(*[one(i) for i in range(50)])
+    assert sum(results) == 14  # 14 × 7 = 98 ≤ 100 < 105
+    assert (await Member.get(id=m.id)).points == 2
+    await assert_ledger_consistent()
+
+
+async def test_concurrent_duplicates_award_once(db):
+    m = await new_member()
+    postings = await asyncio.gather(*[
+        points.award(member_id=m.id, amount=9, reason="task", key="dup", now=NOW, expiry_months=12)
+        for _ in range(30)])
+    assert sum(p.created for p in postings) == 1
+    assert (await Member.get(id=m.id)).points == 9
+    await assert_ledger_consistent()
+
+
+operation = st.one_of(
+    st.tuples(st.just("award"), st.integers(0, 500)),
+    st.tuples(st.just("spend"), st.integers(1, 400)),
+    st.tuples(st.just("refund"), st.integers(1, 300)),
+    st.tuples(st.just("repeat"), st.integers(0, 50)),
+)
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(operation, min_size=1, max_size=25))
+async def test_invariant_after_random_sequences(db, ops):
+    from tortoise.transactions import in_transaction
+
+    await LedgerEntry.all().delete()
+    await Member.all().delete()
+    m = await new_member()
+    expected, keys = 0, []
+    for n, (kind, amount) in enumerate(ops):
+        key = f"{kind}:{n}"
+        if kind == "award":
+            await points.award(member_id=m.id, amount=amount, reason="t", key=key,
+                               now=NOW + timedelta(days=n), expiry_months=12)
+            expected += amount
+        elif kind == "spend":
+            try:
+                await points.spend(member_id=m.id, amount=amount, reason="s", key=key)
+                expected -= amount
+            except InsufficientPoints:
+                assert expected < amount
+                continue  # refused: nothing was written under this key
+        elif kind == "refund":
+            async with in_transaction() as conn:
+                await points.debit(conn=conn, member_id=m.id, amount=amount, reason="refund",
+                                   key=key, allow_negative=True)
+            expected -= amount
+        elif keys:
+            # A retry of an earlier cause changes nothing.
+            old = keys[amount % len(keys)]
+            await points.award(member_id=m.id, amount=999, reason="t", key=old, now=NOW, expiry_months=12)
+        if kind != "repeat":
+            keys.append(key)
+        assert (await Member.get(id=m.id)).points == expected
+    await assert_ledger_consistent()
