@@ -186,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     oa = p.add_subparsers(dest="oa_command", required=True, metavar="ACTION")
     q = oa.add_parser("menu", help="the official account's menu")
     menu = q.add_subparsers(dest="menu_command", required=True, metavar="ACTION")
-    r = menu.add_parser("push", help="create the menu from a JSON file (/cgi-bin/menu/create)")
+    r = menu.add_parser("push", help="create the menu from a JSON file (/cgi-bin/menu/create)",
+                        description="Needs WECHAT_OA_APPID and WECHAT_OA_SECRET (sent to WECHAT_API_BASE). "
+                        "In sandbox mode (no WECHAT_MP_APPID) a simulator is started for this one "
+                        "call: a dry run that validates the file and prints what WeChat would get.")
     r.add_argument("--file", default="handlers/wechat/menu.json", help="menu JSON (default: %(default)s)")
     r.set_defaults(func=cmd_oa_menu_push)
     return parser

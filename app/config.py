@@ -34,6 +34,9 @@ class Settings:
     oa_secret: str | None = None
     oa_token: str | None = None
     oa_aes_key: str | None = None
+    # WeChat gives up on a push after 5 s and retries it: past this, the webhook answers
+    # `success` and the handler's reply goes out later as a customer-service message.
+    oa_reply_timeout: float = 4.0
     pay_mchid: str | None = None
     pay_apiv3_key: str | None = None
     pay_public_key_id: str | None = None

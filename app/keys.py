@@ -18,6 +18,8 @@ settings_key = web.AppKey("settings", "Settings")
 redis_key = web.AppKey("redis", Redis)
 http_key = web.AppKey("http", aiohttp.ClientSession)
 wechat_key = web.AppKey("wechat", "WeChatClient")
+# The official account has its own appid/secret, hence its own client (menu, card, custom messages).
+oa_wechat_key = web.AppKey("oa_wechat", "WeChatClient")
 scheduler_key = web.AppKey("scheduler", "AsyncIOScheduler")
 background_key = web.AppKey("background", set)
 simulator_key = web.AppKey("simulator", web.Application)

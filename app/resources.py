@@ -84,6 +84,16 @@ async def wechat_ctx(app: web.Application) -> AsyncIterator[None]:
         session=app[keys.http_key], redis=app[keys.redis_key], base_url=base,
         appid=appid, secret=secret or "",
     )
+    # The official account is a second appid; in sandbox mode the same simulator answers for it.
+    oa_appid, oa_secret = settings.oa_appid, settings.oa_secret
+    if settings.sandbox:
+        from miniprogram_stub.simulator.wechat import SANDBOX_OA_APPID, SANDBOX_OA_SECRET
+
+        oa_appid, oa_secret = SANDBOX_OA_APPID, SANDBOX_OA_SECRET
+    app[keys.oa_wechat_key] = WeChatClient(
+        session=app[keys.http_key], redis=app[keys.redis_key], base_url=base,
+        appid=oa_appid or "", secret=oa_secret or "",
+    )
     yield
     if runner is not None:
         await runner.cleanup()

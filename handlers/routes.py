@@ -7,6 +7,7 @@ from handlers.admin import members as admin_members
 from handlers.admin import rewards as admin_rewards
 from handlers.admin import rules as admin_rules
 from handlers.mp import checkin, members, points
+from handlers.wechat import oa as wechat_oa
 from handlers.mp import rewards as mp_rewards
 from handlers.mp import referral as mp_referral
 from handlers.wechat import pay as wechat_pay
@@ -42,3 +43,5 @@ def setup(app: web.Application) -> None:
     r.add_post("/wechat/pay/notify", wechat_pay.notify)
     r.add_post("/wechat/pay/notify/v2", wechat_pay.notify_v2)
     r.add_post("/wechat/pay/refund-notify/v2", wechat_pay.refund_notify_v2)
+    r.add_get("/wechat/oa", wechat_oa.verify)
+    r.add_post("/wechat/oa", wechat_oa.receive)

@@ -135,6 +135,11 @@ class WeChatClient:
         """Replace the official account's custom menu with `menu` (`{"button": [...]}`)."""
         return await self._call("POST", "/cgi-bin/menu/create", json=menu)
 
+    async def get_user_info(self, openid: str) -> dict[str, Any]:
+        """A follower's profile by their official-account openid: `{"subscribe", "openid",
+        "unionid"?, ...}`; `unionid` is there when the account is bound to the open platform."""
+        return await self._call("GET", "/cgi-bin/user/info", params={"openid": openid, "lang": "zh_CN"})
+
     async def send_custom_text(self, *, openid: str, content: str) -> dict[str, Any]:
         """Send a customer-service text message (allowed within 48 h of the member's last message)."""
         return await self._call("POST", "/cgi-bin/message/custom/send", json={

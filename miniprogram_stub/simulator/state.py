@@ -46,6 +46,11 @@ class SimulatorState:
     card_bonus: dict[str, int] = field(default_factory=dict)
     menu: dict[str, Any] | None = None
     custom_messages: list[dict[str, Any]] = field(default_factory=list)
+    # Official-account followers: OA openid -> unionid (registered by tests and the demo).
+    oa_users: dict[str, str | None] = field(default_factory=dict)
+    user_info_calls: int = 0
+    # Further appid -> secret pairs it issues tokens for (the official account's).
+    other_apps: dict[str, str] = field(default_factory=dict)
 
     def new_code(self, openid: str, unionid: str | None = None) -> str:
         """Register a one-use `wx.login` code for `openid`."""

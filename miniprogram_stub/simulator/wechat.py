@@ -32,6 +32,9 @@ LOGIN_FAILURES = {
     40029: "invalid code",
 }
 SCENE_MAX = 32
+# The official account's credentials the simulator also accepts (the OA is its own appid).
+SANDBOX_OA_APPID = "wx-sandbox-oa"
+SANDBOX_OA_SECRET = "sandbox-oa-secret"
 
 
 def create_simulator_app(*, appid: str = "wx-sandbox-mp", secret: str = "sandbox-secret",
@@ -40,7 +43,8 @@ def create_simulator_app(*, appid: str = "wx-sandbox-mp", secret: str = "sandbox
 
     Access tokens it issues die after `token_ttl` seconds."""
     app = web.Application(middlewares=[outage_middleware])
-    app[state_key] = SimulatorState(appid=appid, secret=secret, token_ttl=token_ttl)
+    app[state_key] = SimulatorState(appid=appid, secret=secret, token_ttl=token_ttl,
+                                    other_apps={SANDBOX_OA_APPID: SANDBOX_OA_SECRET})
     app.add_routes([
         web.get("/sns/jscode2session", jscode2session),
         web.get("/cgi-bin/token", token),
@@ -53,6 +57,8 @@ def create_simulator_app(*, appid: str = "wx-sandbox-mp", secret: str = "sandbox
         web.post("/card/membercard/activatetempinfo/get", with_token(membercard_activatetempinfo)),
         web.post("/cgi-bin/menu/create", with_token(menu_create)),
         web.post("/cgi-bin/message/custom/send", with_token(custom_send)),
+        web.get("/cgi-bin/user/info", with_token(user_info)),
+        web.post("/_sim/oa-users", sim_oa_users),
         web.post("/_sim/codes", sim_codes),
         web.post("/_sim/phone-codes", sim_phone_codes),
         web.post("/_sim/activate-tickets", sim_activate_tickets),
@@ -103,6 +109,8 @@ def with_token(handler: Handler) -> Handler:
 
 
 def check_credentials(state: SimulatorState, appid: str | None, secret: str | None) -> web.Response | None:
+    if appid in state.other_apps:
+        return None if secret == state.other_apps[appid] else error(40125, "invalid appsecret")
     if appid != state.appid:
         return error(40013, "invalid appid")
     if secret != state.secret:
@@ -311,6 +319,30 @@ async def custom_send(request: web.Request) -> web.Response:
         return error(47001, "data format error")
     state.custom_messages.append(body)
     return reply({"errcode": 0, "errmsg": "ok"})
+
+
+async def user_info(request: web.Request) -> web.Response:
+    """`/cgi-bin/user/info`: a follower registered through `/_sim/oa-users`, else 40003."""
+    state = request.app[state_key]
+    state.user_info_calls += 1
+    openid = request.query.get("openid", "")
+    if openid not in state.oa_users:
+        return error(40003, "invalid openid")
+    body: dict[str, Any] = {"subscribe": 1, "openid": openid, "language": "zh_CN",
+                            "subscribe_time": int(time.time())}
+    if state.oa_users[openid]:
+        body["unionid"] = state.oa_users[openid]
+    return reply(body)
+
+
+async def sim_oa_users(request: web.Request) -> web.Response:
+    """Control plane: register an official-account follower `oa_openid` (and its `unionid`)."""
+    body = await read_json(request)
+    if body is None or not isinstance(body.get("oa_openid"), str) or not body["oa_openid"]:
+        return web.json_response({"error": "oa_openid required"}, status=400)
+    unionid = body.get("unionid")
+    request.app[state_key].oa_users[body["oa_openid"]] = unionid if isinstance(unionid, str) else None
+    return web.json_response({"oa_openid": body["oa_openid"], "unionid": unionid})
 
 
 async def sim_codes(request: web.Request) -> web.Response:

@@ -1,0 +1,132 @@
+"""The WeChat member card (会员卡): linking a card to a member, one-click activation, and
+keeping the card's bonus equal to the member's points.
+
+Every points change of a member holding a card is queued by `enqueue` in the ledger's own
+transaction (the durable outbox) and sent by the outbox worker through `push`
+(`card/membercard/updateuser`, `add_bonus` + `record_bonus`), in order per member.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date, datetime, timezone
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
+from app.domain import members
+from app.domain.clock import utcnow
+from app.errors import Conflict
+from app.models import LedgerEntry, Member, OutboxMessage
+from app.wechat.client import WeChatClient
+
+log = logging.getLogger("app.card")
+
+# What the card's bonus history shows next to each change (record_bonus).
+RECORD_TEXT = {
+    "checkin": "签到奖励", "makeup": "补签", "pay": "消费积分", "refund": "退款扣回",
+    "referral": "邀请奖励", "redeem": "积分兑换", "expire": "积分过期", "admin": "人工调整",
+    "birthday": "生日礼遇", "task": "任务奖励",
+}
+
+# One INSERT … SELECT: the outbox row exists only if the member holds a card, decided in the
+# same statement, so the hot path of every ledger change costs one extra query.
+_ENQUEUE_SQL = (
+    'INSERT INTO outbox_message ("key", channel, kind, member_id, payload, status, attempts, '
+    "next_attempt_at, created_at) "
+    "SELECT {p1}, 'card', 'bonus', id, {p2}, 'pending', 0, {p3}, {p4} FROM member "
+    "WHERE id = {p5} AND card_code IS NOT NULL"
+)
+_ENQUEUE = {
+    "postgres": _ENQUEUE_SQL.format(p1="$1", p2="$2::jsonb", p3="$3::timestamptz", p4="$4::timestamptz",
+                                    p5="$5"),
+    "sqlite": _ENQUEUE_SQL.format(p1="?", p2="?", p3="?", p4="?", p5="?"),
+}
+
+
+def record_text(reason: str) -> str:
+    return RECORD_TEXT.get(reason, reason)
+
+
+async def enqueue(*, conn: BaseDBAsyncClient, member_id: int, entry: LedgerEntry,
+                  now: datetime | None = None) -> None:
+    """Queue the card bonus push for one ledger entry, only if the member holds a card.
+
+    Call it in the ledger entry's transaction, after the member's balance UPDATE: that row lock
+    orders it against `link`, so a change is either in the card's init_bonus or queued, never
+    both, never neither. Key `card:{entry.id}`: one push per entry. Due at once: at the
+    earlier of the caller's `now` and the wall clock, so a worker on either clock sends it.
+    """
+    payload = json.dumps({"add_bonus": int(entry.delta), "record_bonus": record_text(entry.reason)},
+                         ensure_ascii=False, separators=(",", ":"))
+    dialect = conn.capabilities.dialect
+    if dialect not in _ENQUEUE:
+        raise NotImplementedError(f"card.enqueue has no SQL for {dialect}")
+    # raw SQL skips Tortoise's conversion: UTC, as the ORM stores it (SQLite compares text)
+    created = utcnow()
+    due = min(created, now.astimezone(timezone.utc)) if now is not None else created
+    await conn.execute_query(_ENQUEUE[dialect], [f"card:{entry.id}", payload, due, created, member_id])
+
+
+async def push(message: OutboxMessage, *, wechat: WeChatClient) -> None:
+    """Send one queued bonus change to the member's card (`updateuser`); raises WeChatError
+    when WeChat refuses or is unreachable, so the outbox retries it. A card unlinked since the
+    change was queued has nothing to update: the push is done."""
+    member = await Member.get_or_none(id=message.member_id)
+    if member is None or not member.card_code or not member.card_id:
+        log.info("card push for a member without a card", extra={"fields": {"outbox": message.id}})
+        return
+    payload = message.payload or {}
+    await wechat.membercard_updateuser(
+        code=member.card_code, card_id=member.card_id,
+        add_bonus=int(payload.get("add_bonus", 0)),
+        record_bonus=str(payload.get("record_bonus", "")),
+    )
+
+
+async def link(*, member_id: int, code: str, card_id: str) -> int:
+    """Attach card `code` of `card_id` to the member and return the points the card starts
+    with. Pending bonus pushes queued before are dropped: the starting balance includes them.
+
+    The UPDATE takes the member's row lock before the balance is read, so a concurrent ledger
+    change lands either before (in the balance) or after (queued by `enqueue`).
+    A code already held by another member: 409 card_taken.
+    """
+    try:
+        async with in_transaction() as conn:
+            await Member.filter(id=member_id).using_db(conn).update(card_code=code, card_id=card_id)
+            balance = await Member.filter(id=member_id).using_db(conn).first().values_list("points", flat=True)
+            await OutboxMessage.filter(member_id=member_id, channel="card", status="pending") \
+                .using_db(conn).update(status="skipped", last_error="superseded by the card's init_bonus")
+    except IntegrityError:
+        raise Conflict("this card is linked to another member", code="card_taken") from None
+    return int(balance or 0)
+
+
+async def unlink(*, code: str, card_id: str) -> int:
+    """The member deleted the card: forget its code, drop its pending pushes; returns rows changed."""
+    async with in_transaction() as conn:
+        holders = await Member.filter(card_code=code).using_db(conn).values_list("id", flat=True)
+        if not holders:
+            return 0
+        await Member.filter(id__in=holders).using_db(conn).update(card_code=None, card_id=None)
+        await OutboxMessage.filter(member_id__in=holders, channel="card", status="pending") \
+            .using_db(conn).update(status="skipped", last_error="card deleted")
+    log.info("card unlinked", extra={"fields": {"card_id": card_id, "members": len(holders)}})
+    return len(holders)
+
+
+async def activate(*, wechat: WeChatClient, member_id: int, activate_ticket: str, code: str,
+                   card_id: str, today: date) -> Member:
+    """One-click activation: read the form WeChat collected (name, phone, birthday), activate
+    our member with it (the same rules as POST /mp/card/activate, 422 naming the field), link
+    the card and activate it on WeChat with the member's id and current points."""
+    form = await wechat.membercard_activatetempinfo(activate_ticket)
+    member = await members.activate_card(member_id=member_id, name=form["name"], phone=form["phone"],
+                                         birthday=form["birthday"], today=today)
+    balance = await link(member_id=member_id, code=code, card_id=card_id)
+    await wechat.membercard_activate(membership_number=str(member.id), code=code, card_id=card_id,
+                                     init_bonus=balance)
+    member.card_code, member.card_id, member.points = code, card_id, balance
+    return member

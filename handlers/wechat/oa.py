@@ -1,0 +1,144 @@
+"""`GET/POST /wechat/oa`: the official account's webhook (plain and safe mode).
+
+WeChat gives a push 5 seconds, then retries it (3 tries in all, same MsgId or same
+FromUserName+CreateTime). So: the signature first, then a Redis SET NX on the push's dedup key
+so a retry never runs a handler twice, and a handler still busy after `oa_reply_timeout`
+(4 s) answers `success` now and its reply later as a customer-service message.
+Never a 500 to WeChat: a failure is logged and answered `success`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from app import keys
+from app.errors import DomainError
+from app.wechat.oa import (
+    MAX_BODY_BYTES, SUCCESS, OACrypto, OAMessage, OAProtocolError, check_signature, parse_message,
+    parse_xml, text_reply,
+)
+from app.wechat.client import WeChatError
+from handlers.wechat.oa_routes import OAContext, router
+
+log = logging.getLogger("app.oa")
+
+SANDBOX_TOKEN = "sandbox-oa-token"
+SANDBOX_APPID = "wx-sandbox-oa"
+DEDUP_TTL = 300
+# how long a retry waits for the first delivery's reply before answering `success`
+RETRY_POLL = 0.05
+
+
+def _token(settings) -> str | None:
+    return settings.oa_token or (SANDBOX_TOKEN if settings.sandbox else None)
+
+
+def _signed(request: web.Request) -> bool:
+    token = _token(request.app[keys.settings_key])
+    if token is None:
+        raise web.HTTPServiceUnavailable(text="official account token not configured")
+    q = request.query
+    return check_signature(token=token, signature=q.get("signature", ""),
+                           timestamp=q.get("timestamp", ""), nonce=q.get("nonce", ""))
+
+
+async def verify(request: web.Request) -> web.Response:
+    """URL verification: echo `echostr` when the signature is good."""
+    if not _signed(request):
+        raise web.HTTPForbidden(text="bad signature")
+    return web.Response(text=request.query.get("echostr", ""), content_type="text/plain")
+
+
+async def receive(request: web.Request) -> web.Response:
+    """One push: verify, decrypt (safe mode), parse, deduplicate, route, reply."""
+    if not _signed(request):
+        raise web.HTTPForbidden(text="bad signature")
+    settings = request.app[keys.settings_key]
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
+    raw = await request.read()
+    q = request.query
+    crypto = None
+    try:
+        if q.get("encrypt_type", "").lower() == "aes":
+            if not settings.oa_aes_key:
+                raise OAProtocolError("safe mode push but WECHAT_OA_AES_KEY is not set")
+            crypto = OACrypto(_token(settings), settings.oa_aes_key, settings.oa_appid or SANDBOX_APPID)
+            raw = crypto.decrypt(raw, q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", ""))
+        msg = parse_message(parse_xml(raw))
+    except OAProtocolError as exc:
+        log.warning("refused OA push", extra={"fields": {"reason": exc.reason}})
+        raise web.HTTPBadRequest(text="malformed push") from None
+
+    try:
+        content = await _answer(request.app, msg)
+    except Exception:
+        log.exception("OA push failed", extra={"fields": {"dedup": msg.dedup_key}})
+        content = None
+    if not content:
+        return web.Response(text=SUCCESS, content_type="text/plain")
+    reply = text_reply(msg, content, now=int(time.time()))
+    if crypto is not None:
+        reply = crypto.encrypt(reply, q.get("nonce", ""), q.get("timestamp", "") or int(time.time()))
+    return web.Response(text=reply, content_type="application/xml")
+
+
+async def _answer(app: web.Application, msg: OAMessage) -> str | None:
+    """The reply text for `msg`, running its handler once across WeChat's retries."""
+    redis, settings = app[keys.redis_key], app[keys.settings_key]
+    key = f"oa:push:{msg.dedup_key}"
+    if not await redis.set(key, "running", nx=True, ex=DEDUP_TTL):
+        return await _await_first(redis, key, timeout=settings.oa_reply_timeout)
+
+    late = asyncio.Event()  # set once this request has given up waiting
+    task = asyncio.create_task(_run(app, msg, late))
+    background = app[keys.background_key]
+    background.add(task)
+    task.add_done_callback(background.discard)
+    await asyncio.wait({task}, timeout=settings.oa_reply_timeout)
+    if task.done():
+        content = task.result()
+        await redis.set(key, "done:" + (content or ""), ex=DEDUP_TTL)
+        return content
+    # _run checks `late` after its handler returns, with no await in between: it either
+    # finished before this line (task.done() above) or will see the flag and send the reply.
+    late.set()
+    await redis.set(key, "late", ex=DEDUP_TTL)
+    return None
+
+
+async def _await_first(redis, key: str, *, timeout: float) -> str | None:
+    """A retry: the first delivery's reply if it comes within `timeout`, else nothing."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        state = await redis.get(key)
+        if state is None or state == "late":
+            return None
+        if state.startswith("done:"):
+            return state[len("done:"):] or None
+        if asyncio.get_running_loop().time() >= deadline:
+            return None
+        await asyncio.sleep(RETRY_POLL)
+
+
+async def _run(app: web.Application, msg: OAMessage, late: asyncio.Event) -> str | None:
+    """Route `msg`; a DomainError is the reply text; if the webhook answered already, the reply
+    goes out as a customer-service message."""
+    ctx = OAContext(app=app, now=app[keys.clock_key].now())
+    try:
+        content = await router.dispatch(msg, ctx)
+    except DomainError as exc:
+        content = exc.message
+    except Exception:
+        log.exception("OA handler failed", extra={"fields": {"dedup": msg.dedup_key}})
+        content = None
+    if not late.is_set() or not content:
+        return content
+    try:
+        await app[keys.oa_wechat_key].send_custom_text(openid=msg.from_user, content=content)
+    except WeChatError as exc:
+        log.warning("late OA reply not delivered", extra={"fields": {"errcode": exc.errcode}})
+    return content
