@@ -75,24 +75,28 @@ def purchase_growth(*, rules: Rules, payer_total_fen: int) -> int:
 
 async def _credit(*, conn: BaseDBAsyncClient, rules: Rules, payment: Payment, member: Member,
                   now: datetime, tz: ZoneInfo) -> tuple[int, int]:
-    """Award one payment to its member inside the caller's transaction; (points, growth)."""
-    if member.blacklisted:
-        # A blacklisted member earns nothing (seed 004); the payment is kept for the record.
-        await Payment.filter(id=payment.id).using_db(conn).update(member_id=member.id)
-        await Member.filter(id=member.id).using_db(conn).update(last_paid_at=payment.paid_at)
-        return 0, 0
-    earned = purchase_points(rules=rules, payer_total_fen=payment.payer_total_fen, tier=member.tier,
-                             paid_at=payment.paid_at, tz=tz)
-    growth = purchase_growth(rules=rules, payer_total_fen=payment.payer_total_fen)
-    await points.credit(conn=conn, member_id=member.id, amount=earned, reason="purchase",
-                        key=f"pay:{payment.transaction_id}", now=now,
-                        expiry_months=rules.points.expiry_months, growth=growth,
-                        note=payment.out_trade_no[:255])
-    await Payment.filter(id=payment.id).using_db(conn).update(
-        member_id=member.id, credited=True, points_awarded=earned, growth_awarded=growth)
+    """Award one payment to its member inside the caller's transaction; (points, growth).
+
+    The payment row must already name the member and carry `credited`, `points_awarded` and
+    `growth_awarded` as `award_for` computed them (one write per row on the hot path)."""
+    if payment.points_awarded or payment.growth_awarded:
+        await points.credit(conn=conn, member_id=member.id, amount=int(payment.points_awarded), reason="purchase",
+                            key=f"pay:{payment.transaction_id}", now=now,
+                            expiry_months=rules.points.expiry_months, growth=int(payment.growth_awarded),
+                            note=payment.out_trade_no[:255])
     await Member.filter(id=member.id).using_db(conn).update(last_paid_at=payment.paid_at)
-    await tiers.follow_growth(conn=conn, member_id=member.id, rules=rules, cause="payment", now=now)
-    return earned, growth
+    if payment.growth_awarded:
+        await tiers.follow_growth(conn=conn, member_id=member.id, rules=rules, cause="payment", now=now)
+    return int(payment.points_awarded), int(payment.growth_awarded)
+
+
+def award_for(*, rules: Rules, member: Member, payer_total_fen: int, paid_at: datetime,
+              tz: ZoneInfo) -> tuple[int, int]:
+    """(points, growth) a payment earns its member; a blacklisted member earns nothing (seed 004)."""
+    if member.blacklisted:
+        return 0, 0
+    return (purchase_points(rules=rules, payer_total_fen=payer_total_fen, tier=member.tier, paid_at=paid_at, tz=tz),
+            purchase_growth(rules=rules, payer_total_fen=payer_total_fen))
 
 
 async def record_payment(*, redis: Redis, rules: Rules, appid: str, transaction_id: str, out_trade_no: str,
@@ -101,27 +105,28 @@ async def record_payment(*, redis: Redis, rules: Rules, appid: str, transaction_
     """Record a paid order once by transaction_id and credit its member (points, growth, tier,
     last_paid_at); a payer who is not a member yet is credited at first login (`credit_pending`).
     The invitee's first paid order then rewards the referral (+50 / +50)."""
-    member = await Member.get_or_none(appid=appid, openid=openid)
+    member = None
     try:
         async with in_transaction() as conn:
+            # The tier at the time of payment: read in the transaction that awards it.
+            member = await Member.get_or_none(appid=appid, openid=openid).using_db(conn)
+            earned, growth = (award_for(rules=rules, member=member, payer_total_fen=payer_total_fen,
+                                        paid_at=paid_at, tz=tz) if member is not None else (0, 0))
             # The unique transaction_id makes concurrent duplicates wait here, then fail.
             payment = await Payment.create(
                 transaction_id=transaction_id, out_trade_no=out_trade_no, openid=openid,
                 total_fen=total_fen, payer_total_fen=payer_total_fen, paid_at=paid_at, source=source,
-                using_db=conn)
-            earned = growth = 0
+                member_id=member.id if member else None, credited=member is not None and not member.blacklisted,
+                points_awarded=earned, growth_awarded=growth, using_db=conn)
             if member is not None:
-                # Re-read inside the transaction: the tier at the time of payment.
-                member = await Member.get(id=member.id).using_db(conn)
-                earned, growth = await _credit(conn=conn, rules=rules, payment=payment, member=member,
-                                               now=now, tz=tz)
+                await _credit(conn=conn, rules=rules, payment=payment, member=member, now=now, tz=tz)
     except IntegrityError:
         existing = await Payment.get_or_none(transaction_id=transaction_id)
         if existing is None:
             raise
         return PaymentOutcome(payment_id=existing.id, created=False, member_id=existing.member_id,
                               points=int(existing.points_awarded), growth=int(existing.growth_awarded))
-    if member is not None and not member.blacklisted:
+    if member is not None and not member.blacklisted and member.inviter_id is not None:
         await _after_paid(redis=redis, rules=rules, member_id=member.id, payment_id=payment.id, now=now, tz=tz)
     return PaymentOutcome(payment_id=payment.id, created=True, member_id=member.id if member else None,
                           points=earned, growth=growth)
@@ -154,11 +159,15 @@ async def credit_pending(*, member: Member, now: datetime, tz: ZoneInfo | None =
         try:
             async with in_transaction() as conn:
                 # The row count is the claim: a racing login credits nothing twice.
-                claimed = await Payment.filter(id=payment.id, credited=False, member_id=None) \
-                    .using_db(conn).update(member_id=member.id)
+                fresh = await Member.get(id=member.id).using_db(conn)
+                earned, growth = award_for(rules=rules, member=fresh, payer_total_fen=payment.payer_total_fen,
+                                           paid_at=payment.paid_at, tz=tz)
+                claimed = await Payment.filter(id=payment.id, credited=False, member_id=None).using_db(conn) \
+                    .update(member_id=member.id, credited=not fresh.blacklisted, points_awarded=earned,
+                            growth_awarded=growth)
                 if not claimed:
                     continue
-                fresh = await Member.get(id=member.id).using_db(conn)
+                payment.points_awarded, payment.growth_awarded = earned, growth
                 await _credit(conn=conn, rules=rules, payment=payment, member=fresh, now=now, tz=tz)
         except IntegrityError:
             continue  # the ledger key was used already: credited elsewhere
