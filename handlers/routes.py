@@ -4,11 +4,13 @@ from aiohttp import web
 from handlers import ops
 from handlers.admin import blacklist as admin_blacklist
 from handlers.admin import members as admin_members
+from handlers.admin import outbox as admin_outbox
 from handlers.admin import rewards as admin_rewards
 from handlers.admin import rules as admin_rules
 from handlers.mp import checkin, members, points
 from handlers.wechat import oa as wechat_oa
 from handlers.mp import rewards as mp_rewards
+from handlers.mp import subscriptions as mp_subscriptions
 from handlers.mp import referral as mp_referral
 from handlers.wechat import pay as wechat_pay
 
@@ -25,6 +27,9 @@ def setup(app: web.Application) -> None:
     r.add_post("/mp/checkin/makeup", checkin.make_up)
     r.add_get("/mp/checkin/calendar", checkin.calendar)
     r.add_get("/mp/points", points.history)
+    r.add_post("/mp/subscriptions", mp_subscriptions.accept)
+    r.add_get("/admin/outbox/dead", admin_outbox.dead)
+    r.add_post("/admin/outbox/retry", admin_outbox.retry)
     r.add_get("/mp/rewards", mp_rewards.catalogue)
     r.add_post(r"/mp/rewards/{id:\d{1,18}}/redeem", mp_rewards.redeem)
 
