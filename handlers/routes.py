@@ -2,6 +2,9 @@
 from aiohttp import web
 
 from handlers import ops
+from handlers.admin import dashboard as admin_dashboard
+from handlers.admin import metrics as admin_metrics
+from handlers.admin import segments as admin_segments
 from handlers.admin import blacklist as admin_blacklist
 from handlers.admin import members as admin_members
 from handlers.admin import outbox as admin_outbox
@@ -50,3 +53,6 @@ def setup(app: web.Application) -> None:
     r.add_post("/wechat/pay/refund-notify/v2", wechat_pay.refund_notify_v2)
     r.add_get("/wechat/oa", wechat_oa.verify)
     r.add_post("/wechat/oa", wechat_oa.receive)
+    r.add_get("/admin/", admin_dashboard.page)
+    r.add_get("/admin/metrics", admin_metrics.show)
+    r.add_get(r"/admin/segments/{name}.csv", admin_segments.export)
