@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-full test-smoke migrate worker bench demo clean
+.PHONY: run test test-full test-smoke migrate worker bench demo clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,11 +29,18 @@ demo: $(STAMP)
 
 test: test-full test-smoke
 
-test-full: $(STAMP)
+test-full: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-smoke: $(STAMP)
 	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -q -m smoke $(PYTEST_ARGS)
+
+# Headless Chromium for the dashboard test (tests/handlers/admin/test_dashboard_browser.py):
+# installed from Debian when missing and we are root (CI); otherwise say how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is missing: sudo apt-get install -y chromium" >&2; exit 1; fi; }
 
 bench: $(STAMP)
 	$(PY) -m bench.checkin
