@@ -107,11 +107,19 @@ def cmd_jobs_list(settings: Settings, args) -> int:
 
 
 def cmd_jobs_run(settings: Settings, args) -> int:
-    from jobs.worker import run_job_once
+    from jobs.worker import UnknownJob, run_job_once
 
     logs.setup("WARNING")
-    today = date.fromisoformat(args.today) if args.today else None
-    summary = asyncio.run(run_job_once(settings, args.name, today=today))
+    try:
+        today = date.fromisoformat(args.today) if args.today else None
+    except ValueError:
+        print(f"--today must be YYYY-MM-DD, not {args.today!r}", file=sys.stderr)
+        return 2
+    try:
+        summary = asyncio.run(run_job_once(settings, args.name, today=today))
+    except UnknownJob as exc:
+        print(exc, file=sys.stderr)
+        return 2
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0 if not summary.get("failed") else 1
 

@@ -24,6 +24,7 @@ class JobContext:
     today: date  # the business day it runs for (`--today` by hand)
     total: Callable[[int], None] = field(default=lambda n: None)  # size the progress bar
     advance: Callable[[int], None] = field(default=lambda n: None)  # n more items done
+    oa_wechat: Any = None  # the official account's WeChatClient (member-card pushes)
 
 
 @dataclass(frozen=True)

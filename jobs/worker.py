@@ -1,0 +1,169 @@
+"""The scheduler (`python -m app worker`) and one job by hand (`python -m app jobs run NAME`).
+
+Both build what jobs need from the app's own cleanup contexts (app/resources.py): Tortoise,
+Redis, one ClientSession and the WeChat clients, on a small aiohttp Application that serves
+nothing. Every run of a job holds the Redis lock `job:{name}:{day}`, taken without waiting,
+so when two workers fire at once one runs and the other skips; the jobs' unique keys make a
+later re-run harmless anyway.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from contextlib import asynccontextmanager
+from datetime import date
+from typing import AsyncIterator
+
+from aiohttp import web
+from redis.exceptions import LockError
+
+from app import keys, resources
+from app.config import Settings
+from app.domain.clock import Clock, business_day, utcnow
+from jobs.registry import Job, JobContext, load_all
+
+log = logging.getLogger("jobs.worker")
+
+# A run keeps its lock alive while it works; a crashed worker's lock lapses after this.
+LOCK_TIMEOUT = 300
+SUMMARY = ("seen", "sent", "skipped", "failed")
+
+
+class UnknownJob(LookupError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown job {name!r}; the jobs are: {', '.join(known)}")
+        self.name, self.known = name, known
+
+
+def resources_app(settings: Settings) -> web.Application:
+    """An Application with only the resource contexts, in the same order as create_app."""
+    app = web.Application()
+    app[keys.settings_key] = settings
+    app[keys.clock_key] = Clock()
+    for ctx in (resources.orm_ctx, resources.redis_ctx, resources.http_ctx,
+                resources.wechat_ctx, resources.background_ctx):
+        app.cleanup_ctx.append(ctx)
+    return app
+
+
+@asynccontextmanager
+async def started(settings: Settings) -> AsyncIterator[web.Application]:
+    """The resources started (and cleaned up after) without serving HTTP."""
+    runner = web.AppRunner(resources_app(settings), handle_signals=False)
+    await runner.setup()
+    try:
+        yield runner.app
+    finally:
+        await runner.cleanup()
+
+
+def context(app: web.Application, *, today: date | None = None, **progress) -> JobContext:
+    settings = app[keys.settings_key]
+    now = utcnow()
+    oa_key = getattr(keys, "oa_wechat_key", None)  # the official account's client, when configured
+    return JobContext(settings=settings, redis=app[keys.redis_key], wechat=app[keys.wechat_key],
+                      oa_wechat=app.get(oa_key) if oa_key else None, now=now, today=today or business_day(now, settings.tz), **progress)
+
+
+async def run_locked(job: Job, ctx: JobContext) -> dict:
+    """Run `job` under its lock for the day; another holder means this run is skipped."""
+    lock = ctx.redis.lock(f"job:{job.name}:{ctx.today.isoformat()}", timeout=LOCK_TIMEOUT)
+    if not await lock.acquire(blocking=False):
+        log.info("job already running elsewhere", extra={"fields": {"job": job.name}})
+        return {**dict.fromkeys(SUMMARY, 0), "locked": 1}
+
+    async def keep_alive() -> None:
+        while True:
+            await asyncio.sleep(LOCK_TIMEOUT / 3)
+            await lock.reacquire()
+
+    watchdog = asyncio.create_task(keep_alive())
+    try:
+        summary = await job.run(ctx)
+    finally:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
+        with contextlib.suppress(LockError):
+            await lock.release()
+    return {**dict.fromkeys(SUMMARY, 0), **summary}
+
+
+async def run_job_once(settings: Settings, name: str, *, today: date | None = None) -> dict:
+    """`python -m app jobs run NAME [--today]`: one run, a progress bar on stderr, its summary."""
+    from tqdm import tqdm
+
+    jobs = load_all()
+    if name not in jobs:
+        raise UnknownJob(name, sorted(jobs))
+    async with started(settings) as app:
+        with tqdm(total=0, desc=name, unit="item", file=sys.stderr, leave=False) as bar:
+            def total(n: int) -> None:
+                bar.total = n
+                bar.refresh()
+
+            ctx = context(app, today=today, total=total, advance=bar.update)
+            return await run_locked(jobs[name], ctx)
+
+
+async def _scheduled(app: web.Application, job: Job) -> None:
+    task = asyncio.current_task()
+    # Shutdown waits a little for runs in flight (background_ctx) before closing the database.
+    app[keys.background_key].add(task)
+    task.add_done_callback(app[keys.background_key].discard)
+    try:
+        summary = await run_locked(job, context(app))
+        log.info("job done", extra={"fields": {"job": job.name, **summary}})
+    except Exception:
+        log.exception("job failed", extra={"fields": {"job": job.name}})
+
+
+def build_scheduler(app: web.Application, jobs: dict[str, Job] | None = None):
+    """An AsyncIOScheduler in the business timezone with every job on its cron schedule."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    tz = app[keys.settings_key].tz
+    scheduler = AsyncIOScheduler(timezone=tz)
+    for job in (jobs or load_all()).values():
+        # One run at a time per process; a tick missed while busy is dropped, not queued.
+        scheduler.add_job(_scheduled, CronTrigger(timezone=tz, **job.schedule), args=[app, job],
+                          id=job.name, name=job.name, max_instances=1, coalesce=True,
+                          misfire_grace_time=60)
+    return scheduler
+
+
+async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The scheduler inside `serve` (SCHEDULER_IN_SERVE=1); after the resources it uses."""
+    if not app[keys.settings_key].scheduler_in_serve:
+        yield
+        return
+    scheduler = build_scheduler(app)
+    scheduler.start()
+    app[keys.scheduler_key] = scheduler
+    yield
+    scheduler.shutdown(wait=False)
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """`python -m app worker`: every job on its schedule until SIGINT/SIGTERM (or `stop`)."""
+    jobs = load_all()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with started(settings) as app:
+        scheduler = build_scheduler(app, jobs)
+        scheduler.start()
+        log.info("worker started", extra={"fields": {"jobs": sorted(jobs), "tz": settings.timezone}})
+        try:
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(sig)
