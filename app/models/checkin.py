@@ -15,3 +15,4 @@ class Checkin(Model):
     class Meta:
         table = "checkin"
         unique_together = (("member", "day"),)
+        indexes = (("day",),)  # check-ins of a range (metrics)

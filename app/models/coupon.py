@@ -35,3 +35,4 @@ class Coupon(Model):
 
     class Meta:
         table = "coupon"
+        indexes = (("created_at",), ("used_at",))  # issued / used in a range (metrics)

@@ -24,4 +24,5 @@ class LedgerEntry(Model):
 
     class Meta:
         table = "ledger_entry"
-        indexes = (("member_id", "id"), ("member_id", "capped_on"), ("expires_at",))
+        indexes = (("member_id", "id"), ("member_id", "capped_on"), ("expires_at",),
+                   ("created_at",))  # sums over a range (metrics)

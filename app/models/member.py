@@ -35,6 +35,7 @@ class Member(Model):
     class Meta:
         table = "member"
         unique_together = (("appid", "openid"),)
+        indexes = (("created_at",),)  # new members per day (metrics)
 
 
 class TierChange(Model):
@@ -49,6 +50,7 @@ class TierChange(Model):
 
     class Meta:
         table = "tier_change"
+        indexes = (("created_at",),)  # tier moves in a range (metrics)
 
 
 class Blacklist(Model):

@@ -26,6 +26,7 @@ class Payment(Model):
 
     class Meta:
         table = "payment"
+        indexes = (("paid_at",),)  # payments of a range (metrics)
 
 
 class Refund(Model):
@@ -41,3 +42,4 @@ class Refund(Model):
 
     class Meta:
         table = "refund"
+        indexes = (("created_at",),)  # refunds of a range (metrics)

@@ -16,3 +16,4 @@ class Referral(Model):
 
     class Meta:
         table = "referral"
+        indexes = (("created_at",),)  # the referral funnel of a range (metrics)
