@@ -1,0 +1,196 @@
+"""What every bench shares: a fresh PostgreSQL database, a Redis db of its own, the real
+server as a subprocess (`python -m app serve`), a bare aiohttp endpoint for the ratio, and a
+closed-loop load generator with latency percentiles. Loopback only; every loop is bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+BARE_SERVER = """
+import sys
+from aiohttp import web
+
+async def ok(request):
+    await request.read()
+    return web.json_response({"ok": True})
+
+app = web.Application()
+app.router.add_route("*", "/{tail:.*}", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def services_from_env() -> tuple[str, str]:
+    base_db, base_redis = os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", "")
+    if not base_db.startswith("postgres") or not base_redis:
+        raise SystemExit("set DATABASE_URL (postgres://...) and REDIS_URL (redis://...)")
+    return base_db, base_redis
+
+
+async def pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(base_url: str, prefix: str) -> AsyncIterator[str]:
+    """A database of this run's own on DATABASE_URL's server, dropped at the end."""
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    await pg_admin(base_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(base_url)._replace(path=f"/{name}"))
+    finally:
+        await pg_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.asynccontextmanager
+async def claimed_redis(base: str) -> AsyncIterator[str]:
+    """A Redis database number nobody else (tests, other benches) is using; flushed after."""
+    from redis.asyncio import Redis
+
+    parts = urlsplit(base)
+    for number in range(15, 0, -1):
+        url = urlunsplit(parts._replace(path=f"/{number}"))
+        client = Redis.from_url(url)
+        try:
+            if await client.set("members-test:claim", f"bench-{os.getpid()}", nx=True, ex=3600):
+                break
+        finally:
+            await client.aclose()
+    else:
+        raise SystemExit("no free Redis database between 1 and 15")
+    try:
+        yield url
+    finally:
+        client = Redis.from_url(url)
+        try:
+            await client.flushdb()
+        finally:
+            await client.aclose()
+
+
+async def migrate(env: dict) -> None:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "migrate", env=env,
+                                                stdout=asyncio.subprocess.DEVNULL)
+    if await proc.wait():
+        raise SystemExit("migrate failed")
+
+
+async def wait_up(url: str, proc: asyncio.subprocess.Process, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise SystemExit(f"server exited with {proc.returncode}")
+            try:
+                async with session.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"{url} did not come up in {seconds} s")
+
+
+@contextlib.asynccontextmanager
+async def server(env: dict, *, bare: bool = False) -> AsyncIterator[str]:
+    """The app (`python -m app serve`) or the bare endpoint, on a free port; yields its base URL."""
+    port = free_port()
+    if bare:
+        args = ["-c", BARE_SERVER, str(port)]
+        probe = f"http://127.0.0.1:{port}/"
+    else:
+        env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
+        args = ["-m", "app", "serve", "--no-migrate"]
+        probe = f"http://127.0.0.1:{port}/healthz"
+    proc = await asyncio.create_subprocess_exec(sys.executable, *args, env=env,
+                                                stdout=asyncio.subprocess.DEVNULL)
+    try:
+        await wait_up(probe, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except asyncio.TimeoutError:
+                proc.kill()
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    url: str
+    headers: dict | None = None
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    requests: int
+    statuses: dict
+    rps: float
+    p50: float
+    p99: float
+    mean: float
+
+    def row(self, label: str) -> str:
+        return (f"{label:<30}{self.rps:>10.0f}{self.p50:>10.1f}{self.p99:>10.1f}{self.mean:>10.1f}"
+                f"  {self.statuses}")
+
+
+HEADER = f"{'endpoint':<30}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}  statuses"
+
+
+async def load(requests: Iterable[Request], concurrency: int, *, seconds: float = 120) -> Result:
+    """Closed loop: `concurrency` connections, each sending the next request when the last answered."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    queue = iter(requests)
+    deadline = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            for req in queue:
+                if time.monotonic() > deadline:
+                    return
+                started = time.perf_counter()
+                async with session.request(req.method, req.url, data=req.body, headers=req.headers) as resp:
+                    await resp.read()
+                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+    n = len(latencies) or 1
+    return Result(
+        requests=len(latencies), statuses=statuses, rps=len(latencies) / elapsed,
+        p50=latencies[n // 2] * 1000 if latencies else 0.0,
+        p99=latencies[min(n - 1, int(n * 0.99))] * 1000 if latencies else 0.0,
+        mean=statistics.fmean(latencies) * 1000 if latencies else 0.0,
+    )
