@@ -22,5 +22,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
                 resources.wechat_ctx, resources.pay_verifier_ctx, resources.pay_ctx,
                 resources.background_ctx):
         app.cleanup_ctx.append(ctx)
+    if settings.scheduler_in_serve:
+        from jobs.worker import scheduler_ctx  # the outer layer too: jobs call into the domain
+
+        app.cleanup_ctx.append(scheduler_ctx)
     routes.setup(app)
     return app

@@ -100,3 +100,12 @@ def test_cli_unknown_job_lists_the_names_and_exits_2():
                           text=True, env=env, timeout=60)
     assert done.returncode == 2
     assert "unknown job 'no_such_job'" in done.stderr and "deliver_outbox" in done.stderr
+
+
+async def test_serve_can_run_the_scheduler_too(aiohttp_client, settings):
+    from app import keys
+    from app.main import create_app
+
+    client = await aiohttp_client(create_app(settings.with_(scheduler_in_serve=True)))
+    scheduler = client.app[keys.scheduler_key]
+    assert scheduler.running and scheduler.get_job("deliver_outbox") is not None
