@@ -185,6 +185,7 @@ def encrypt(plain: bytes, *, nonce: str = "n0nce", timestamp: str | None = None)
                   "msg_signature": fields["MsgSignature"]}
 
 
+@pytest.mark.smoke
 async def test_safe_mode_round_trip(client, member):
     mp, oa_openid = await member("safe")
     body, params = encrypt(event(oa_openid, "CLICK", EventKey="CHECKIN"))
@@ -201,6 +202,7 @@ async def test_safe_mode_round_trip(client, member):
 
 # ------------------------------------------------------------------ routes
 
+@pytest.mark.smoke
 async def test_checkin_via_oa_then_mini_program_is_already_checked_in(client, member):
     mp, oa_openid = await member("ck1")
     reply = await say(client, event(oa_openid, "CLICK", EventKey="CHECKIN"))
@@ -386,6 +388,7 @@ async def test_a_failing_handler_answers_success(client, member, monkeypatch):
 
 # ------------------------------------------------------------------ member card
 
+@pytest.mark.smoke
 async def test_card_get_activate_sync_and_delete(client, member, sim_state, clock):
     from app.models import OutboxMessage
 

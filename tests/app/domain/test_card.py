@@ -1,0 +1,179 @@
+"""The member card's bonus sync: queued with the ledger entry, pushed in order, through outages."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import aiohttp
+import pytest
+from tortoise.transactions import in_transaction
+
+from app.domain import card, outbox, points
+from app.errors import Conflict, InsufficientPoints
+from app.models import Member, OutboxMessage
+from app.wechat.client import WeChatClient, WeChatUnavailable
+from miniprogram_stub.simulator.wechat import SANDBOX_OA_APPID, SANDBOX_OA_SECRET
+from tests.conftest import MP_APPID, assert_ledger_consistent, shanghai
+
+NOW = shanghai(2026, 11, 26, 10, 0)
+
+
+@pytest.fixture
+async def oa_wechat(db, redis, settings):
+    async with aiohttp.ClientSession() as session:
+        yield WeChatClient(session=session, redis=redis, base_url=settings.wechat_api_base,
+                           appid=SANDBOX_OA_APPID, secret=SANDBOX_OA_SECRET, retries=0)
+
+
+async def new_member(name: str, *, card_code: str | None = None) -> Member:
+    return await Member.create(appid=MP_APPID, openid=f"o-{name}", invite_code=f"I{name}"[:16],
+                               card_code=card_code, card_id="p-card" if card_code else None)
+
+
+async def award(member: Member, amount: int, key: str, reason: str = "checkin"):
+    return await points.award(member_id=member.id, amount=amount, reason=reason, key=key, now=NOW,
+                              expiry_months=12)
+
+
+async def card_rows(member: Member) -> list[OutboxMessage]:
+    return await OutboxMessage.filter(member_id=member.id, channel="card").order_by("id")
+
+
+async def test_only_a_member_with_a_card_gets_a_push(db):
+    plain, holder = await new_member("plain"), await new_member("holder", card_code="c-1")
+    await award(plain, 5, "k:plain")
+    posting = await award(holder, 5, "k:holder")
+    assert await card_rows(plain) == []
+    [row] = await card_rows(holder)
+    assert row.key == f"card:{posting.entry.id}" and row.kind == "bonus" and row.status == "pending"
+    assert row.payload == {"add_bonus": 5, "record_bonus": "签到奖励"}
+    assert row.next_attempt_at is not None and row.next_attempt_at <= NOW
+
+
+async def test_a_debit_pushes_a_negative_bonus(db):
+    holder = await new_member("spender", card_code="c-2")
+    await award(holder, 50, "k:earn")
+    await points.spend(member_id=holder.id, amount=30, reason="redeem", key="k:spend")
+    rows = await card_rows(holder)
+    assert [r.payload for r in rows] == [{"add_bonus": 50, "record_bonus": "签到奖励"},
+                                         {"add_bonus": -30, "record_bonus": "积分兑换"}]
+    with pytest.raises(InsufficientPoints):
+        await points.spend(member_id=holder.id, amount=999, reason="redeem", key="k:too-much")
+    assert len(await card_rows(holder)) == 2
+    await assert_ledger_consistent()
+
+
+async def test_the_push_is_in_the_ledger_transaction(db):
+    holder = await new_member("rollback", card_code="c-3")
+    with pytest.raises(RuntimeError):
+        async with in_transaction() as conn:
+            await points.credit(conn=conn, member_id=holder.id, amount=5, reason="checkin", key="k:rb",
+                                now=NOW, expiry_months=12)
+            raise RuntimeError("the cause failed after the credit")
+    assert await card_rows(holder) == []
+    # a repeated idempotency key changes nothing, so it queues nothing either
+    await award(holder, 5, "k:once")
+    await award(holder, 5, "k:once")
+    assert len(await card_rows(holder)) == 1
+    await assert_ledger_consistent()
+
+
+async def test_link_returns_the_balance_and_drops_what_it_covers(db):
+    member = await new_member("linker", card_code="c-old")
+    await award(member, 7, "k:before")
+    assert await card.link(member_id=member.id, code="c-new", card_id="p-card") == 7
+    assert [r.status for r in await card_rows(member)] == ["skipped"]
+    other = await new_member("other")
+    with pytest.raises(Conflict) as taken:
+        await card.link(member_id=other.id, code="c-new", card_id="p-card")
+    assert taken.value.code == "card_taken"
+    assert await card.unlink(code="c-new", card_id="p-card") == 1
+    assert (await Member.get(id=member.id)).card_code is None
+    assert await card.unlink(code="c-new", card_id="p-card") == 0
+
+
+async def test_link_racing_credits_counts_each_exactly_once(db):
+    """Every change is either in the card's starting balance or queued after it, never both."""
+    member = await new_member("race")
+
+    async def earn(i: int) -> None:
+        await award(member, 1 + i % 3, f"k:race:{i}")
+
+    results = await asyncio.gather(*(earn(i) for i in range(20)),
+                                   card.link(member_id=member.id, code="c-race", card_id="p-card"),
+                                   *(earn(i) for i in range(20, 40)))
+    init_bonus = results[20]
+    queued = sum(r.payload["add_bonus"] for r in await card_rows(member) if r.status == "pending")
+    assert init_bonus + queued == (await Member.get(id=member.id)).points
+    await assert_ledger_consistent()
+
+
+async def test_push_updates_the_card_and_raises_when_wechat_is_down(db, oa_wechat, sim_state):
+    holder = await new_member("pusher", card_code="c-push")
+    await award(holder, 9, "k:push")
+    [row] = await card_rows(holder)
+    await card.push(row, wechat=oa_wechat)
+    assert sim_state.card_updates[-1] == {"code": "c-push", "card_id": "p-card", "add_bonus": 9,
+                                          "record_bonus": "签到奖励"}
+    sim_state.down = True
+    with pytest.raises(WeChatUnavailable):
+        await card.push(row, wechat=oa_wechat)
+    assert len(sim_state.card_updates) == 1
+
+
+async def test_push_for_a_card_deleted_since_is_a_no_op(db, oa_wechat, sim_state):
+    holder = await new_member("deleted", card_code="c-del")
+    await award(holder, 3, "k:del")
+    [row] = await card_rows(holder)
+    await Member.filter(id=holder.id).update(card_code=None, card_id=None)
+    await card.push(row, wechat=oa_wechat)
+    assert sim_state.card_updates == []
+
+
+async def drain(oa_wechat, settings, now) -> dict:
+    """Run the outbox until nothing is due at `now` (card pushes go one per member per batch)."""
+    total: dict = {}
+    for _ in range(50):
+        summary = await outbox.deliver_due(wechat=oa_wechat, oa_wechat=oa_wechat, settings=settings, now=now)
+        for k, v in summary.items():
+            total[k] = total.get(k, 0) + v
+        if not summary["claimed"]:
+            return total
+    raise AssertionError("the outbox did not drain")
+
+
+async def test_the_outbox_survives_a_simulator_outage(db, oa_wechat, settings, sim_state):
+    """Down: every push stays pending with attempts counted; up: each delivered once, in order."""
+    a = await new_member("alice")
+    b = await new_member("bob")
+    for m, code in ((a, "c-alice"), (b, "c-bob")):
+        await award(m, 10, f"k:{m.id}:pre")
+        start = await card.link(member_id=m.id, code=code, card_id="p-card")
+        await oa_wechat.membercard_activate(membership_number=str(m.id), code=code, card_id="p-card",
+                                            init_bonus=start)
+    await award(a, 5, "k:a1")
+    await award(b, 20, "k:b1", reason="pay")
+    await points.spend(member_id=a.id, amount=12, reason="redeem", key="k:a2")
+    await award(a, 3, "k:a3", reason="referral")
+
+    sim_state.down = True
+    first = await outbox.deliver_due(wechat=oa_wechat, oa_wechat=oa_wechat, settings=settings, now=NOW)
+    # one message per member per batch: the earlier one must go first
+    assert first["claimed"] == 2 and first["retried"] == 2
+    assert await OutboxMessage.filter(channel="card", status="pending", attempts=1).count() == 2
+    assert (await drain(oa_wechat, settings, NOW))["claimed"] == 0  # backing off: nothing due yet
+    second = await drain(oa_wechat, settings, NOW + timedelta(minutes=5))
+    assert second["retried"] == 2 and second["sent"] == 0
+    assert await OutboxMessage.filter(channel="card", status="pending", attempts=2).count() == 2
+    assert sim_state.card_updates == []
+
+    sim_state.down = False
+    done = await drain(oa_wechat, settings, NOW + timedelta(hours=1))
+    assert done["sent"] == 4 and done.get("dead", 0) == 0
+    assert await OutboxMessage.filter(channel="card").exclude(status="sent").count() == 0
+    sent = [(u["code"], u["add_bonus"]) for u in sim_state.card_updates]
+    assert [x for x in sent if x[0] == "c-alice"] == [("c-alice", 5), ("c-alice", -12), ("c-alice", 3)]
+    assert [x for x in sent if x[0] == "c-bob"] == [("c-bob", 20)]
+    for m, code in ((a, "c-alice"), (b, "c-bob")):
+        assert sim_state.card_bonus[code] == (await Member.get(id=m.id)).points
+    await assert_ledger_consistent()
