@@ -10,10 +10,12 @@ from handlers.admin import members as admin_members
 from handlers.admin import outbox as admin_outbox
 from handlers.admin import rewards as admin_rewards
 from handlers.admin import rules as admin_rules
+from handlers.admin import coupons as admin_coupons
 from handlers.mp import checkin, members, points
-from handlers.wechat import oa as wechat_oa
+from handlers.mp import coupons as mp_coupons
 from handlers.mp import rewards as mp_rewards
 from handlers.mp import subscriptions as mp_subscriptions
+from handlers.wechat import oa as wechat_oa
 from handlers.mp import referral as mp_referral
 from handlers.wechat import pay as wechat_pay
 
@@ -33,6 +35,8 @@ def setup(app: web.Application) -> None:
     r.add_post("/mp/subscriptions", mp_subscriptions.accept)
     r.add_get("/admin/outbox/dead", admin_outbox.dead)
     r.add_post("/admin/outbox/retry", admin_outbox.retry)
+    r.add_get("/mp/coupons", mp_coupons.mine)
+    r.add_post("/admin/coupons/redeem", admin_coupons.redeem)
     r.add_get("/mp/rewards", mp_rewards.catalogue)
     r.add_post(r"/mp/rewards/{id:\d{1,18}}/redeem", mp_rewards.redeem)
 

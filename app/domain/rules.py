@@ -80,6 +80,23 @@ class BirthdayRule(_Section):
     valid_days: int = Field(30, ge=1, le=366)
 
 
+class TierCouponGrant(_Section):
+    count: int = Field(0, ge=0, le=20)
+    amount_fen: int = Field(0, ge=0, le=1_000_000)
+    min_spend_fen: int = Field(0, ge=0, le=100_000_000)
+
+
+class TierCouponsRule(_Section):
+    """Coupons each tier gets on the 1st of every month (tier key → how many, how much)."""
+
+    grants: dict[str, TierCouponGrant] = Field(default_factory=lambda: {
+        "silver": TierCouponGrant(count=1, amount_fen=1000),
+        "gold": TierCouponGrant(count=2, amount_fen=2000),
+        "diamond": TierCouponGrant(count=3, amount_fen=5000),
+    })
+    valid_days: int = Field(30, ge=1, le=366)
+
+
 class MemberDayRule(_Section):
     weekday: int = Field(3, ge=0, le=6)  # Monday is 0: Thursday is 3 (seed: 周四会员日)
     multiplier: float = Field(2.0, ge=1, le=10)
@@ -105,6 +122,7 @@ class Rules(_Section):
     points: PointsRule = PointsRule()
     referral: ReferralRule = ReferralRule()
     birthday: BirthdayRule = BirthdayRule()
+    tier_coupons: TierCouponsRule = TierCouponsRule()
     member_day: MemberDayRule = MemberDayRule()
     limits: LimitsRule = LimitsRule()
 
