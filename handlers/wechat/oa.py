@@ -64,9 +64,7 @@ async def receive(request: web.Request) -> web.Response:
     crypto = None
     try:
         if q.get("encrypt_type", "").lower() == "aes":
-            if not settings.oa_aes_key:
-                raise OAProtocolError("safe mode push but WECHAT_OA_AES_KEY is not set")
-            crypto = OACrypto(_token(settings), settings.oa_aes_key, settings.oa_appid or SANDBOX_APPID)
+            crypto = _crypto(settings)
             raw = crypto.decrypt(raw, q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", ""))
         msg = parse_message(parse_xml(raw))
     except OAProtocolError as exc:
@@ -82,8 +80,23 @@ async def receive(request: web.Request) -> web.Response:
         return web.Response(text=SUCCESS, content_type="text/plain")
     reply = text_reply(msg, content, now=int(time.time()))
     if crypto is not None:
-        reply = crypto.encrypt(reply, q.get("nonce", ""), q.get("timestamp", "") or int(time.time()))
+        try:
+            reply = crypto.encrypt(reply, q.get("nonce", ""), q.get("timestamp", "") or int(time.time()))
+        except OAProtocolError as exc:
+            # the push was handled; only its reply cannot be wrapped (an odd nonce)
+            log.warning("OA reply not encrypted", extra={"fields": {"reason": exc.reason}})
+            return web.Response(text=SUCCESS, content_type="text/plain")
     return web.Response(text=reply, content_type="application/xml")
+
+
+def _crypto(settings) -> OACrypto:
+    if not settings.oa_aes_key:
+        raise OAProtocolError("safe mode push but WECHAT_OA_AES_KEY is not set")
+    try:
+        return OACrypto(_token(settings), settings.oa_aes_key, settings.oa_appid or SANDBOX_APPID)
+    except ValueError as exc:
+        log.error("WECHAT_OA_AES_KEY is unusable", extra={"fields": {"reason": str(exc)}})
+        raise web.HTTPServiceUnavailable(text="safe mode misconfigured") from None
 
 
 async def _answer(app: web.Application, msg: OAMessage) -> str | None:

@@ -470,3 +470,27 @@ async def test_every_menu_key_has_a_route():
     from handlers.wechat.menu import load_menu, unrouted_keys
 
     assert unrouted_keys(load_menu("handlers/wechat/menu.json")) == []
+
+
+# ------------------------------------------------------------------ safe mode configuration
+
+async def test_safe_mode_push_without_an_aes_key_is_400(aiohttp_client, settings, redis_url):
+    from app.main import create_app
+
+    plain_only = await aiohttp_client(create_app(settings.with_(oa_aes_key=None)))
+    body, params = encrypt(text("o-x", "帮助"))
+    assert (await plain_only.post("/wechat/oa", data=body, params=params)).status == 400
+
+
+async def test_an_unusable_aes_key_is_503_not_500(aiohttp_client, settings):
+    from app.main import create_app
+
+    broken = await aiohttp_client(create_app(settings.with_(oa_aes_key="short")))
+    body, params = encrypt(text("o-x", "帮助"))
+    assert (await broken.post("/wechat/oa", data=body, params=params)).status == 503
+
+
+async def test_a_reply_that_cannot_be_wrapped_is_success(client):
+    body, params = encrypt(text("o-x", "帮助"), nonce="n-o-n-c-e")  # WeChat's nonces are alphanumeric
+    status, fields, raw = await post(client, body, params=params)
+    assert status == 200 and raw == "success"
