@@ -141,7 +141,6 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
         "new": sql.rows(
             f"SELECT {sql.business_day('created_at')} AS day, COUNT(*) AS n FROM member "
             f"WHERE {sql.within('created_at')} GROUP BY 1", s, e),
-        "members": sql.one(f"SELECT COUNT(*) AS n FROM member WHERE {sql.ts('created_at')} < $1", e),
         "active": sql.one(
             "SELECT COUNT(*) AS n FROM ("
             f" SELECT member_id FROM ledger_entry WHERE {sql.within('created_at')}"
@@ -157,7 +156,10 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
             " best AS (SELECT member_id, MAX(len) AS longest, SUM(len) AS days FROM runs GROUP BY member_id)"
             " SELECT CASE WHEN longest >= 7 THEN 7 ELSE longest END AS bucket,"
             " COUNT(*) AS members, SUM(days) AS checkins FROM best GROUP BY 1", first, last),
-        "tiers": sql.rows("SELECT tier, COUNT(*) AS n FROM member GROUP BY tier"),
+        # One pass over member for both the current tiers and the members at the range's end.
+        "tiers": sql.rows(
+            f"SELECT tier, COUNT(*) AS n, SUM(CASE WHEN {sql.ts('created_at')} < $1 THEN 1 ELSE 0 END)"
+            " AS before_end FROM member GROUP BY tier", e),
         "tier_changes": sql.rows(
             f"SELECT CASE WHEN (CASE to_tier {rank} ELSE -1 END) > (CASE from_tier {rank} ELSE -1 END)"
             " THEN 'up' ELSE 'down' END AS direction, COUNT(DISTINCT member_id) AS n"
@@ -182,8 +184,10 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
             f" WHERE {sql.within('paid_at')} AND member_id IS NOT NULL GROUP BY member_id) AS o",
             s, e),
         "refunds": sql.one(
-            "SELECT SUM(r.refund_fen) AS fen FROM refund r JOIN payment p ON p.id = r.payment_id"
-            f" WHERE {sql.within('r.created_at')} AND p.member_id IS NOT NULL", s, e),
+            # A lookup per refund of the range: a join would scan every payment.
+            "SELECT SUM(r.refund_fen) AS fen FROM refund r"
+            f" WHERE {sql.within('r.created_at')} AND"
+            " (SELECT p.member_id FROM payment p WHERE p.id = r.payment_id) IS NOT NULL", s, e),
         "referrals": sql.one(
             "SELECT COUNT(*) AS invited, COUNT(paid_at) AS paid, COUNT(rewarded_at) AS rewarded"
             f" FROM referral WHERE {sql.within('created_at')}", s, e),
@@ -193,7 +197,7 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
     per_day = {_as_date(row["day"]): _int(row["n"]) for row in done["new"]}
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     new_members = [{"date": d.isoformat(), "count": per_day.get(d, 0)} for d in days]
-    members = _int(done["members"].get("n"))
+    members = sum(_int(row["before_end"]) for row in done["tiers"])
 
     streaks = {bucket: 0 for bucket in STREAK_BUCKETS}
     checkins = checkin_members = 0
