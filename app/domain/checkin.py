@@ -55,7 +55,7 @@ async def check_in(*, redis: Redis, rules: Rules, member_id: int, now: datetime,
         async with in_transaction() as conn:
             # The unique (member, day) makes concurrent duplicates wait here and then fail,
             # before they touch the cap.
-            row = await Checkin.create(member_id=member_id, day=today, points=0, using_db=conn)
+            row = await Checkin.create(member_id=member_id, day=today, points=wanted, using_db=conn)
             granted = await antiabuse.reserve_cap(redis=redis, member_id=member_id, day=today,
                                                   wanted=wanted, cap=rules.points.daily_cap)
             if granted <= 0 and wanted > 0:
@@ -65,10 +65,12 @@ async def check_in(*, redis: Redis, rules: Rules, member_id: int, now: datetime,
                 conn=conn, member_id=member_id, amount=granted, reason="checkin",
                 key=f"checkin:{member_id}:{today.isoformat()}", now=now,
                 expiry_months=rules.points.expiry_months, growth=rules.growth.per_checkin,
-                capped_on=today)
-            await Checkin.filter(id=row.id).using_db(conn).update(points=granted)
-            await Member.filter(id=member_id).using_db(conn).update(streak=streak, last_checkin=today)
-            await tiers.follow_growth(conn=conn, member_id=member_id, rules=rules, cause="checkin", now=now)
+                capped_on=today, also={"streak": streak, "last_checkin": today})
+            if granted < wanted:
+                await Checkin.filter(id=row.id).using_db(conn).update(points=granted)
+            if rules.tier_for_growth(posting.growth).key != posting.tier:
+                await tiers.follow_growth(conn=conn, member_id=member_id, rules=rules,
+                                          cause="checkin", now=now)
     except IntegrityError:
         await antiabuse.release_cap(redis=redis, member_id=member_id, day=today, amount=granted)
         raise Conflict("already checked in today", code="already_checked_in") from None

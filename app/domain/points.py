@@ -31,6 +31,8 @@ class Posting:
     entry: LedgerEntry
     balance: int
     created: bool
+    growth: int | None = None  # the member's growth and tier right after it, when known
+    tier: str | None = None
 
 
 async def _existing(key: str) -> Posting | None:
@@ -45,9 +47,37 @@ async def _balance(conn: BaseDBAsyncClient | None, member_id: int) -> int:
     return int(value or 0)
 
 
+async def move_balance(*, conn: BaseDBAsyncClient, member_id: int, points: int, growth: int = 0,
+                       floor: int | None = None, also: dict | None = None) -> dict | None:
+    """UPDATE the member's balance and growth by deltas, RETURNING the row after it.
+
+    With `floor`, only when points >= floor (a debit that may not overdraw). `also` sets more
+    columns in the same statement (a check-in's streak). None when no row matched. One round
+    trip that also takes the member's row lock for the rest of the transaction.
+    """
+    pg = conn.capabilities.dialect == "postgres"
+    values: list = [points, growth]
+    sets = ["points = points + {}", "growth = growth + {}"]
+    for column, value in (also or {}).items():
+        sets.append(f'"{column}" = {{}}')
+        values.append(value)
+    where = ["id = {}"]
+    values.append(member_id)
+    if floor is not None:
+        where.append("points >= {}")
+        values.append(floor)
+    marks = iter([f"${i}" for i in range(1, len(values) + 1)] if pg else ["?"] * len(values))
+    sql = (f"UPDATE member SET {', '.join(sets)} WHERE {' AND '.join(where)} "
+           "RETURNING points, growth, tier, card_code")
+    sql = sql.format(*[next(marks) for _ in values])
+    # execute_query_dict: asyncpg's execute_query drops the rows of an UPDATE ... RETURNING.
+    rows = await conn.execute_query_dict(sql, values)
+    return rows[0] if rows else None
+
+
 async def credit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason: str, key: str,
                  now: datetime, expiry_months: int, growth: int = 0,
-                 capped_on: date | None = None, note: str = "") -> Posting:
+                 capped_on: date | None = None, note: str = "", also: dict | None = None) -> Posting:
     """Add an earning lot inside the caller's transaction; a debt (negative balance) is paid first.
 
     Raises IntegrityError when `key` was used before: the caller's transaction must roll back.
@@ -57,19 +87,20 @@ async def credit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason
         idempotency_key=key, remaining=amount, capped_on=capped_on, note=note,
         expires_at=add_months(now, expiry_months) if amount > 0 else None, using_db=conn,
     )
-    updated = await Member.filter(id=member_id).using_db(conn).update(
-        points=F("points") + amount, growth=F("growth") + growth)
-    if not updated:
+    row = await move_balance(conn=conn, member_id=member_id, points=amount, growth=growth, also=also)
+    if row is None:
         raise NotFound(f"member {member_id} not found", code="member_not_found")
-    # after the balance UPDATE: its row lock orders the card push against card.link
-    await card.enqueue(conn=conn, member_id=member_id, entry=entry, now=now)
-    balance = await _balance(conn, member_id)
-    debt_before = max(0, amount - int(balance))
+    if row["card_code"] is not None:
+        # After the balance UPDATE: its row lock orders the card push against card.link.
+        await card.enqueue(conn=conn, member_id=member_id, entry=entry, now=now)
+    balance = int(row["points"])
+    debt_before = max(0, amount - balance)
     if debt_before and amount > 0:
         entry.remaining = max(0, amount - debt_before)
         await LedgerEntry.filter(id=entry.id).using_db(conn).update(remaining=entry.remaining)
     metrics.POINTS_ISSUED.labels(reason=reason).inc(amount)
-    return Posting(entry=entry, balance=int(balance), created=True)
+    return Posting(entry=entry, balance=balance, created=True, growth=int(row["growth"]),
+                   tier=row["tier"])
 
 
 async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason: str, key: str,
@@ -85,20 +116,18 @@ async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason:
         member_id=member_id, delta=-amount, growth_delta=-growth, reason=reason,
         idempotency_key=key, remaining=0, note=note, using_db=conn,
     )
-    query = Member.filter(id=member_id)
-    if not allow_negative:
-        query = query.filter(points__gte=amount)
-    updated = await query.using_db(conn).update(
-        points=F("points") - amount, growth=F("growth") - growth)
-    if not updated:
+    row = await move_balance(conn=conn, member_id=member_id, points=-amount, growth=-growth,
+                             floor=None if allow_negative else amount)
+    if row is None:
         if not await Member.filter(id=member_id).using_db(conn).exists():
             raise NotFound(f"member {member_id} not found", code="member_not_found")
         raise InsufficientPoints(f"not enough points for {amount}")
-    await card.enqueue(conn=conn, member_id=member_id, entry=entry)
+    if row["card_code"] is not None:
+        await card.enqueue(conn=conn, member_id=member_id, entry=entry)
     await _consume_lots(conn=conn, member_id=member_id, amount=amount, first_lot=first_lot)
-    balance = await _balance(conn, member_id)
     metrics.POINTS_SPENT.labels(reason=reason).inc(amount)
-    return Posting(entry=entry, balance=int(balance), created=True)
+    return Posting(entry=entry, balance=int(row["points"]), created=True, growth=int(row["growth"]),
+                   tier=row["tier"])
 
 
 async def _consume_lots(*, conn: BaseDBAsyncClient, member_id: int, amount: int,
