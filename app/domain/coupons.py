@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
@@ -80,6 +80,8 @@ async def issue_many(grants: list[Grant], *, now: datetime,
     INSERT ... ON CONFLICT DO NOTHING keeps the caller's transaction usable; a grant dropped by
     a (vanishingly rare) code collision rather than its issue_key is retried with a fresh code.
     """
+    # UTC, as the ORM's other writers store it: SQLite compares these as text.
+    now = now.astimezone(timezone.utc)
     created = 0
     for start in range(0, len(grants), _BATCH):
         batch = {g.issue_key: g for g in grants[start:start + _BATCH]}
@@ -126,6 +128,7 @@ async def redeem(*, code: str, operator: str, now: datetime) -> Coupon:
     between simultaneous redemptions; the audit row is written in the same transaction.
     """
     code = code.strip().upper()
+    now = now.astimezone(timezone.utc)  # SQLite compares datetimes as text
     coupon = await Coupon.get_or_none(code=code)
     if coupon is None:
         raise NotFound("no coupon has this code", code="coupon_not_found")

@@ -1,8 +1,11 @@
 """Tiers by growth value (CONTRACT.md): regular 0 ×1.0 · silver 500 ×1.2 · gold 5000 ×1.5 · diamond 20000 ×2.0."""
 from __future__ import annotations
 
+from datetime import timezone
+
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from app.domain.clock import business_day
 from app.domain.rules import Rules
 from app.models import Member, TierChange
 
@@ -37,3 +40,30 @@ async def follow_growth(*, conn: BaseDBAsyncClient, member_id: int, rules: Rules
         return None
     return await TierChange.create(member_id=member_id, from_tier=current, to_tier=target,
                                    cause=cause, using_db=conn)
+
+
+async def welcome_upgrades(*, rules: Rules, now, since, tz, batch: int = 2000,
+                           total=lambda n: None, advance=lambda n: None) -> dict:
+    """A subscription message (kind "tier_upgrade") for each move up since `since`, once:
+    key `tier_upgrade:{member}:{tier_change_id}`, so re-runs and overlapping windows queue none twice.
+    """
+    from app.domain import messages
+
+    since = since.astimezone(timezone.utc)  # SQLite compares datetimes as text
+    ups = [row for row in await TierChange.filter(created_at__gte=since).order_by("id")
+           .values_list("id", "member_id", "from_tier", "to_tier", "created_at")
+           if rank(rules, row[3]) > rank(rules, row[2])]
+    total(len(ups))
+    summary = {"seen": 0, "sent": 0, "skipped": 0, "failed": 0}
+    for start in range(0, len(ups), batch):
+        part = ups[start:start + batch]
+        sent = await messages.enqueue_many([
+            {"member_id": member_id, "kind": "tier_upgrade", "period": str(change_id),
+             "values": {"tier": rules.tier(to_tier).name, "date": business_day(day, tz).isoformat()},
+             "page": "pages/me/index"}
+            for change_id, member_id, _, to_tier, day in part], now=now)
+        summary["seen"] += len(part)
+        summary["sent"] += sent
+        summary["skipped"] += len(part) - sent
+        advance(len(part))
+    return summary
