@@ -132,5 +132,5 @@ async def adjust_points(*, member_id: int, delta: int, reason: str, idempotency_
             raise
     if int(entry.delta) != delta or entry.member_id != member_id:
         raise Conflict("this idempotency_key was used for another change", code="idempotency_key_reused")
-    balance = await Member.filter(id=member_id).values_list("points", flat=True).first()
-    return Adjustment(entry=entry, balance=int(balance or 0), created=False)
+    member = await Member.get(id=member_id)
+    return Adjustment(entry=entry, balance=int(member.points), created=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import F
@@ -22,7 +22,7 @@ from tortoise.transactions import in_transaction
 from app.domain import points
 from app.domain import rules as rules_mod
 from app.errors import Conflict, InvalidField, NotFound, Unavailable
-from app.models import AuditLog, Member, Redemption, Reward
+from app.models import AuditLog, Coupon, CouponTemplate, Member, Redemption, Reward
 from app.wechat.pay_client import PayClient, PayError, PayUnavailable
 
 HOLD = timedelta(minutes=15)
@@ -39,6 +39,7 @@ class Redeemed:
     reward: Reward
     balance: int
     pay_params: dict[str, str] | None = None
+    coupon: Coupon | None = None
 
 
 def is_on_sale(reward: Reward, now: datetime) -> bool:
@@ -87,15 +88,32 @@ async def redeem(*, reward_id: int, member_id: int, now: datetime, pay: PayClien
             redemption = await Redemption.create(
                 reward_id=reward.id, member_id=member_id, points=int(reward.points),
                 cash_fen=int(reward.cash_fen), status=PENDING if cash else DONE,
-                out_trade_no=_trade_no() if cash else None, expires_at=now + HOLD if cash else None,
+                out_trade_no=_trade_no() if cash else None,
+                expires_at=(now + HOLD).astimezone(timezone.utc) if cash else None,
                 using_db=conn)
+            coupon = None
+            if not cash and reward.coupon_template_id is not None:
+                coupon = await _issue_coupon(conn=conn, redemption=redemption, now=now)
     except IntegrityError:
         raise Conflict("another redemption of this item is in progress; try again",
                        code="redeem_in_progress") from None
     if not cash:
-        return Redeemed(redemption=redemption, reward=reward, balance=posting.balance)
+        return Redeemed(redemption=redemption, reward=reward, balance=posting.balance, coupon=coupon)
     return await _place_order(redemption=redemption, reward=reward, member=member, pay=pay,
                               notify_url=notify_url, balance=posting.balance, now=now)
+
+
+async def _issue_coupon(*, conn, redemption: Redemption, now: datetime) -> Coupon | None:
+    """The item's coupon, if it has one, issued once per redemption (`reward:{redemption}`)."""
+    template_id = (await Reward.get(id=redemption.reward_id).using_db(conn)).coupon_template_id
+    if template_id is None:
+        return None
+    from app.domain import coupons  # the coupons module is optional for items without a coupon
+
+    template = await CouponTemplate.get(id=template_id).using_db(conn)
+    coupon, _ = await coupons.issue(member_id=redemption.member_id, template=template,
+                                    issue_key=f"reward:{redemption.id}", now=now, conn=conn)
+    return coupon
 
 
 def _trade_no() -> str:
@@ -125,8 +143,13 @@ async def _place_order(*, redemption: Redemption, reward: Reward, member: Member
 async def on_paid(*, out_trade_no: str, transaction_id: str, now: datetime) -> bool:
     """TRANSACTION.SUCCESS for a redemption's order: pending → done, once. False when the order
     is not a pending redemption (unknown, already done, or released by `release_expired` first:
-    a late payment the operator refunds)."""
-    moved = await Redemption.filter(out_trade_no=out_trade_no, status=PENDING).update(status=DONE)
+    a late payment the operator refunds). The item's coupon, if any, is issued here."""
+    async with in_transaction() as conn:
+        moved = await Redemption.filter(out_trade_no=out_trade_no, status=PENDING).using_db(conn) \
+            .update(status=DONE)
+        if moved:
+            redemption = await Redemption.get(out_trade_no=out_trade_no).using_db(conn)
+            await _issue_coupon(conn=conn, redemption=redemption, now=now)
     return bool(moved)
 
 
@@ -151,8 +174,10 @@ async def release(*, redemption_id: int, now: datetime) -> bool:
 async def release_expired(*, now: datetime) -> int:
     """Release every points + cash redemption still unpaid 15 minutes after it was made."""
     released = 0
+    # In UTC, as stored: SQLite compares datetimes as text, so offsets must match.
+    cutoff = now.astimezone(timezone.utc)
     while True:
-        ids = await Redemption.filter(status=PENDING, expires_at__lte=now).order_by("id") \
+        ids = await Redemption.filter(status=PENDING, expires_at__lte=cutoff).order_by("id") \
             .limit(500).values_list("id", flat=True)
         for redemption_id in ids:
             released += await release(redemption_id=redemption_id, now=now)

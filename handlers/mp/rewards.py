@@ -53,4 +53,7 @@ async def redeem(request: web.Request) -> web.Response:
     body = {"redemption": render_redemption(result.redemption), "balance": result.balance}
     if result.pay_params is not None:
         body["pay_params"] = result.pay_params
+    if result.coupon is not None:
+        body["coupon"] = {"id": result.coupon.id, "code": result.coupon.code,
+                          "expires_at": result.coupon.expires_at.isoformat()}
     return web.json_response(body)

@@ -207,3 +207,25 @@ async def test_cash_item_without_merchant_key_is_503(aiohttp_client, settings, r
     resp = await bare.post(f"/mp/rewards/{reward.id}/redeem", headers={"Authorization": f"Bearer {token}"})
     assert resp.status == 503 and (await resp.json())["error"]["code"] == "pay_not_configured"
     assert (await Reward.get(id=reward.id)).stock == 5
+
+
+async def test_item_with_a_coupon_issues_it_once_per_redemption(client, login, clock):
+    from app.models import Coupon, CouponTemplate
+
+    tpl = await CouponTemplate.create(key="mall-20", name="20元券", amount_fen=2000, valid_days=30)
+    plain = await Reward.create(name="20元券", points=100, stock=5, per_member_limit=2, coupon_template=tpl)
+    paid = await Reward.create(name="券+现金", points=10, cash_fen=100, stock=5, coupon_template=tpl)
+    m = await login()
+    await fund(m.id, 500, clock)
+    body = await (await m.post(f"/mp/rewards/{plain.id}/redeem")).json()
+    assert body["coupon"]["code"]
+    coupon = await Coupon.get(code=body["coupon"]["code"])
+    assert coupon.member_id == m.id and coupon.issue_key == f"reward:{body['redemption']['id']}"
+
+    pending = await (await m.post(f"/mp/rewards/{paid.id}/redeem")).json()
+    assert "coupon" not in pending and await Coupon.filter(member_id=m.id).count() == 1
+    trade_no = pending["redemption"]["out_trade_no"]
+    assert await rewards.on_paid(out_trade_no=trade_no, transaction_id="t1", now=clock.now())
+    assert await rewards.on_paid(out_trade_no=trade_no, transaction_id="t1", now=clock.now()) is False
+    assert await Coupon.filter(member_id=m.id).count() == 2
+    await assert_ledger_consistent()
