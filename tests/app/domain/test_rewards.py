@@ -229,3 +229,22 @@ async def test_item_with_a_coupon_issues_it_once_per_redemption(client, login, c
     assert await rewards.on_paid(out_trade_no=trade_no, transaction_id="t1", now=clock.now()) is False
     assert await Coupon.filter(member_id=m.id).count() == 2
     await assert_ledger_consistent()
+
+
+async def test_sandbox_mode_pays_through_the_in_process_simulator(aiohttp_client, settings, redis_url, clock):
+    from app.main import create_app
+    from tests.conftest import reset_state
+
+    sandbox = await aiohttp_client(create_app(settings.with_(mp_appid=None, mp_secret=None, pay_mchid=None)))
+    await reset_state(redis_url)
+    assert sandbox.app[keys.pay_client_key] is not None
+    reward = await Reward.create(name="咖啡机", points=10, cash_fen=9900, stock=5)
+    login = await (await sandbox.post("/mp/login", json={"code": "sim:o-sandbox"})).json()
+    await fund(login["member"]["id"], 10, clock)
+    resp = await sandbox.post(f"/mp/rewards/{reward.id}/redeem", headers={"Authorization": f"Bearer {login['token']}"})
+    body = await resp.json()
+    assert resp.status == 200, body
+    orders = sandbox.app[keys.simulator_key][merchant_state_key].orders
+    assert orders[body["redemption"]["out_trade_no"]]["appid"] == "wx-sandbox-mp"
+    assert body["pay_params"]["package"].startswith("prepay_id=wx")
+    await assert_ledger_consistent()
