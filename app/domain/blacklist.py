@@ -68,4 +68,5 @@ async def remove(*, kind: str, value: str, actor: str) -> Blacklist:
 
 
 async def listing(*, limit: int = 200) -> list[Blacklist]:
+    """The newest entries first (at most 200)."""
     return await Blacklist.all().order_by("-id").limit(limit)
