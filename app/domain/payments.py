@@ -169,6 +169,8 @@ async def credit_pending(*, member: Member, now: datetime, tz: ZoneInfo | None =
                     continue
                 payment.points_awarded, payment.growth_awarded = earned, growth
                 await _credit(conn=conn, rules=rules, payment=payment, member=fresh, now=now, tz=tz)
+                await _take_back_earlier_refunds(conn=conn, rules=rules, payment=payment, member_id=member.id,
+                                                 now=now)
         except IntegrityError:
             continue  # the ledger key was used already: credited elsewhere
         done += 1
@@ -176,6 +178,32 @@ async def credit_pending(*, member: Member, now: datetime, tz: ZoneInfo | None =
             await _after_paid(redis=redis, rules=rules, member_id=member.id, payment_id=payment.id,
                               now=now, tz=tz)
     return done
+
+
+async def _take_back_earlier_refunds(*, conn: BaseDBAsyncClient, rules: Rules, payment: Payment,
+                                     member_id: int, now: datetime) -> None:
+    """Refunds recorded while the payment was pending took nothing: take their share now, with
+    the same cumulative rounding and each under its own `refund:{refund_id}` key."""
+    refunds = await Refund.filter(payment_id=payment.id).using_db(conn).order_by("id")
+    if not refunds or not (payment.points_awarded or payment.growth_awarded):
+        return
+    total, refunded = max(1, int(payment.payer_total_fen)), 0
+    taken_points = taken_growth = 0
+    lot = await LedgerEntry.filter(idempotency_key=f"pay:{payment.transaction_id}") \
+        .using_db(conn).first().values_list("id", flat=True)
+    for refund in refunds:
+        refunded = min(total, refunded + int(refund.refund_fen))
+        take_points = max(0, int(payment.points_awarded) * refunded // total - taken_points)
+        take_growth = max(0, int(payment.growth_awarded) * refunded // total - taken_growth)
+        taken_points, taken_growth = taken_points + take_points, taken_growth + take_growth
+        if take_points or take_growth:
+            await points.debit(conn=conn, member_id=member_id, amount=take_points, reason="refund",
+                               key=f"refund:{refund.refund_id}", allow_negative=True, growth=take_growth,
+                               first_lot=lot, note=payment.transaction_id)
+            await Refund.filter(id=refund.id).using_db(conn).update(points_taken=take_points,
+                                                                    growth_taken=take_growth)
+    await tiers.follow_growth(conn=conn, member_id=member_id, rules=rules, cause="refund", now=now,
+                              allow_down=True)
 
 
 async def record_refund(*, rules: Rules, refund_id: str, transaction_id: str, refund_fen: int,

@@ -139,3 +139,18 @@ async def test_blacklisted_payer_earns_nothing(db, redis):
     assert (await Member.get(id=member.id)).points == 0
     assert (await Payment.get(transaction_id="t-bl")).member_id == member.id
     await assert_ledger_consistent()
+
+
+async def test_refund_while_pending_is_taken_back_at_credit(db, redis):
+    await pay(redis, "o-pend-ref", 10_000, "t-pr")
+    first = await refund("t-pr", "r-pr-1", 2_500)
+    assert first.points_taken == 0  # nothing was given yet
+    await refund("t-pr", "r-pr-2", 2_500)
+    member = await new_member("o-pend-ref")
+    assert await payments.credit_pending(member=member, now=MONDAY, tz=TZ, redis=redis) == 1
+    fresh = await Member.get(id=member.id)
+    assert fresh.points == 50 and fresh.growth == 50
+    assert sorted(await Refund.all().values_list("points_taken", flat=True)) == [25, 25]
+    await refund("t-pr", "r-pr-3", 5_000)
+    assert (await Member.get(id=member.id)).points == 0
+    await assert_ledger_consistent()
