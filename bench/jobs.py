@@ -109,8 +109,20 @@ async def run_one(url: str, job: str, now_iso: str) -> dict:
         seconds = time.perf_counter() - started
     finally:
         await Tortoise.close_connections()
-    return {"job": job, "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "result": result}
+    return {"job": job, "seconds": seconds, "peak_mb": peak_mb(), "result": result}
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    exec from the forking parent (the seeder), VmHWM starts afresh with the new image."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 async def verify(url: str) -> dict:

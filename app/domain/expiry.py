@@ -86,26 +86,27 @@ async def expire_due(*, now: datetime, chunk: int = CHUNK, total=lambda n: None,
     conn = connections.get("default")
     at = _param(conn, now)
     result = ExpiryResult()
-    _, rows = await conn.execute_query(
-        _sql(conn, "SELECT COUNT(*) AS n FROM ledger_entry WHERE remaining > 0 AND expires_at <= $1"), [at])
-    total(int(dict(rows[0])["n"]))
+    # The chunks' upper bounds in one pass over the due lots (the expires_at index): every
+    # `chunk`-th due id, then the last. A keyset query per chunk would re-read the due set each time.
+    _, rows = await conn.execute_query(_sql(conn, f"""
+        SELECT id, n, total FROM (
+            SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS n, COUNT(*) OVER () AS total
+            FROM ledger_entry WHERE remaining > 0 AND expires_at <= $1) AS due
+        WHERE n % {int(chunk)} = 0 OR n = total ORDER BY id"""), [at])
+    bounds = [dict(r) for r in rows]
+    total(int(bounds[0]["total"]) if bounds else 0)
     low = 0
-    while True:
-        _, rows = await conn.execute_query(_sql(conn, f"""
-            SELECT id, member_id FROM ledger_entry
-            WHERE id > $1 AND remaining > 0 AND expires_at <= $2 ORDER BY id LIMIT {int(chunk)}"""),
-            [low, at])
-        if not rows:
-            break
-        rows = [dict(r) for r in rows]
-        high = int(rows[-1]["id"])
+    for bound in bounds:
+        high = int(bound["id"])
         params = [low, high, at]
         async with in_transaction() as tx:
             if tx.capabilities.dialect == "postgres":
                 await tx.execute_query(_sql(tx, _LOCK_MEMBERS_PG), params)
             posted = await _post_entries(tx, params + [_param(tx, now)])
-            _, sums = await tx.execute_query(_sql(tx, f"SELECT COALESCE(SUM(remaining), 0) AS s "
+            _, sums = await tx.execute_query(_sql(tx, f"SELECT COALESCE(SUM(remaining), 0) AS s, "
+                                                      f"COUNT(DISTINCT member_id) AS m "
                                                       f"FROM ledger_entry WHERE {_DUE}"), params)
+            members = int(dict(sums[0])["m"])
             await tx.execute_query(_sql(tx, _DEBIT_MEMBERS), params)
             cleared, _ = await tx.execute_query(_sql(tx, _CLEAR_LOTS), params)
             if posted != cleared:
@@ -115,10 +116,10 @@ async def expire_due(*, now: datetime, chunk: int = CHUNK, total=lambda n: None,
         amount = int(dict(sums[0])["s"])
         result.lots += cleared
         result.points += amount
-        result.members += len({r["member_id"] for r in rows})
+        result.members += members
         result.chunks += 1
         metrics.POINTS_SPENT.labels(reason="expire").inc(amount)
-        advance(len(rows))
+        advance(cleared)
         low = high
     return result
 
