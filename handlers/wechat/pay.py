@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from app import keys
-from app.domain import payments, rules
+from app.domain import payments, rewards, rules
 from app.wechat.pay import (
     PayNotifyError, PayV3Verifier, decrypt_v2_refund, parse_v2_xml, v2_reply, verify_v2,
 )
@@ -93,6 +93,7 @@ async def _apply(request: web.Request, event_type: str, resource: dict[str, Any]
             openid=_text(_dict(resource, "payer"), "openid"), total_fen=_fen(amount, "total"),
             payer_total_fen=_fen(amount, "payer_total", amount.get("total")),
             paid_at=_rfc3339(resource.get("success_time"), now), now=now, tz=settings.tz)
+        await _redemption_paid(resource.get("out_trade_no"), resource.get("transaction_id"), now)
     elif event_type == "REFUND.SUCCESS":
         if resource.get("refund_status", "SUCCESS") != "SUCCESS":
             return
@@ -103,6 +104,13 @@ async def _apply(request: web.Request, event_type: str, resource: dict[str, Any]
             refund_fen=_fen(amount, "payer_refund", amount.get("refund")), now=now)
     else:
         log.info("pay notify: event %s acknowledged, not acted on", event_type)
+
+
+async def _redemption_paid(out_trade_no: Any, transaction_id: Any, now: datetime) -> None:
+    # "rd…" orders are points-mall redemptions (app/domain/rewards.py): the payment completes them,
+    # once (on_paid is conditional), and a retried notification completes one a failure left pending.
+    if isinstance(out_trade_no, str) and out_trade_no.startswith("rd"):
+        await rewards.on_paid(out_trade_no=out_trade_no, transaction_id=str(transaction_id), now=now)
 
 
 def _dict(data: dict, name: str) -> dict:
@@ -207,6 +215,7 @@ async def notify_v2(request: web.Request) -> web.Response:
             transaction_id=_text(params, "transaction_id"), out_trade_no=_text(params, "out_trade_no", ""),
             openid=_text(params, "openid"), total_fen=total, payer_total_fen=_fen(params, "cash_fee", total),
             paid_at=_time_end(params.get("time_end"), now), now=now, tz=settings.tz, source="v2")
+        await _redemption_paid(params.get("out_trade_no"), params.get("transaction_id"), now)
 
     return await _v2_run(record())
 

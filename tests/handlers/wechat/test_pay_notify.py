@@ -327,3 +327,21 @@ async def test_v2_bad_sign_and_bad_req_info(client, login):
     assert resp.status == 400 and b"FAIL" in await resp.read()
     await nothing_stored()
     assert await Refund.all().count() == 0
+
+
+async def test_redemption_order_completed_by_its_payment(client, login, clock):
+    from app.models import Redemption, Reward
+
+    member = await login("o-mall")
+    reward = await Reward.create(name="杯子", points=100, cash_fen=990, stock=5)
+    await Redemption.create(reward=reward, member_id=member.id, points=100, cash_fen=990, status="pending",
+                            out_trade_no="rd0123456789abcdef")
+    resource = sim.transaction_resource(openid="o-mall", transaction_id="4200mall1", out_trade_no="rd0123456789abcdef",
+                                        total_fen=990, appid=MP_APPID)
+    for _ in range(2):
+        headers, body = sim.build_v3_notification(event_type="TRANSACTION.SUCCESS", resource=resource,
+                                                  timestamp=int(clock.now().timestamp()))
+        assert (await post_signed(client, headers, body)).status == 204
+    assert (await Redemption.get(out_trade_no="rd0123456789abcdef")).status == "done"
+    assert (await Member.get(id=member.id)).points == 9  # ¥9.90: 9 purchase points
+    await assert_ledger_consistent()
