@@ -45,6 +45,7 @@ from app.errors import InvalidField
 
 MAX_DAYS = 366
 CACHE_SECONDS = 60
+COMPUTE_SECONDS = 30  # the longest a caller waits for another's computation before its own
 STREAK_BUCKETS = ("1", "2", "3", "4", "5", "6", "7+")
 _CACHE_PREFIX = "metrics:v1"
 
@@ -136,7 +137,8 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
     sql = _Sql(tz, start)
     s, e = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
 
-    rank = " ".join(f"WHEN '{key}' THEN {i}" for i, key in enumerate(tier_keys))
+    # Tier keys are inlined: rules.TiersRule validates them as ^[a-z][a-z0-9_]{0,15}$.
+    rank = " ".join(f"WHEN '{key}' THEN {i}" for i, key in enumerate(tier_keys) if key.isidentifier())
     queries = {
         "new": sql.rows(
             f"SELECT {sql.business_day('created_at')} AS day, COUNT(*) AS n FROM member "
@@ -255,12 +257,26 @@ def cache_key(*, first: date, last: date, fen_per_point: int) -> str:
 
 async def cached(*, redis: Redis, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str, ...],
                  fen_per_point: int = 1, now: datetime) -> dict:
-    """`compute`, served from Redis for 60 s per (range, fen_per_point); `generated_at` says when."""
+    """`compute`, served from Redis for 60 s per (range, fen_per_point); `generated_at` says when.
+
+    On a miss one caller computes (a short Redis lock) while the others wait for its result,
+    so operators refreshing together cost the database one run, not one each.
+    """
     key = cache_key(first=first, last=last, fen_per_point=fen_per_point)
     hit = await redis.get(key)
+    if hit is None and not await redis.set(f"{key}:lock", "1", nx=True, ex=COMPUTE_SECONDS):
+        for _ in range(int(COMPUTE_SECONDS / 0.05)):
+            await asyncio.sleep(0.05)
+            hit = await redis.get(key)
+            if hit is not None:
+                break
     if hit is not None:
         return json.loads(hit)
-    result = await compute(first=first, last=last, tz=tz, tier_keys=tier_keys, fen_per_point=fen_per_point)
-    result["generated_at"] = now.isoformat()
-    await redis.set(key, json.dumps(result), ex=CACHE_SECONDS)
+    try:
+        result = await compute(first=first, last=last, tz=tz, tier_keys=tier_keys,
+                               fen_per_point=fen_per_point)
+        result["generated_at"] = now.isoformat()
+        await redis.set(key, json.dumps(result), ex=CACHE_SECONDS)
+    finally:
+        await redis.delete(f"{key}:lock")
     return result

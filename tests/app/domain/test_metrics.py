@@ -185,3 +185,23 @@ def test_bad_ranges_name_the_field(first, last, field):
 
 def test_a_full_leap_year_is_allowed():
     assert metrics.parse_range(first="2028-01-01", last="2028-12-31") == (date(2028, 1, 1), date(2028, 12, 31))
+
+
+async def test_a_cold_range_is_computed_once_for_concurrent_callers(world, redis, monkeypatch):
+    import asyncio
+
+    runs = []
+    compute = metrics.compute
+
+    async def counted(**kw):
+        runs.append(1)
+        return await compute(**kw)
+
+    monkeypatch.setattr(metrics, "compute", counted)
+    now = shanghai(2026, 11, 22, 10, 0)
+    answers = await asyncio.gather(*[
+        metrics.cached(redis=redis, first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=now)
+        for _ in range(30)])
+    assert len(runs) == 1
+    assert all(a == answers[0] for a in answers) and answers[0]["members"]["new"] == 3
+    assert await redis.get(metrics.cache_key(first=FIRST, last=LAST, fen_per_point=1) + ":lock") is None
