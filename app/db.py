@@ -2,11 +2,27 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+# asyncpg's pool in Tortoise defaults to 5 connections: too few for 64 concurrent requests
+# per worker. Several workers × this must stay under PostgreSQL's max_connections (100).
+DEFAULT_POOL = {"minsize": "2", "maxsize": "20"}
+
+
+def with_pool(database_url: str) -> str:
+    """A PostgreSQL URL with a connection pool sized for a worker, unless the URL sets one."""
+    if not database_url.startswith(("postgres://", "asyncpg://", "psycopg://")):
+        return database_url
+    parts = urlsplit(database_url)
+    query = dict(parse_qsl(parts.query))
+    for key, value in DEFAULT_POOL.items():
+        query.setdefault(key, os.environ.get(f"DB_POOL_{key.upper()}", value))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def tortoise_config(database_url: str) -> dict:
     return {
-        "connections": {"default": database_url},
+        "connections": {"default": with_pool(database_url)},
         "apps": {
             "models": {
                 "models": ["app.models"],
