@@ -8,19 +8,29 @@ from __future__ import annotations
 from datetime import date
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from tortoise.functions import Sum
 
 from app.errors import RateLimited
 from app.models import Blacklist, LedgerEntry
 
-# KEYS[1] the counter; ARGV: wanted, cap, floor from the ledger ("" if not read yet), ttl.
-# Returns the points granted (0..wanted), or -1 when the counter is missing and the caller
-# must read the floor from the ledger first.
+# KEYS[1] the counter, KEYS[2] the day this Redis started counting (cap:since);
+# ARGV: wanted, cap, floor from the ledger ("" if not read yet), ttl, today.
+# A missing counter means "nothing earned yet today" only when this Redis has been counting
+# since before today; otherwise (data lost today) it returns -1 and the caller reads the
+# floor from the ledger. Returns the points granted (0..wanted).
 _RESERVE_CAP = """
 local v = redis.call('GET', KEYS[1])
 if not v then
-  if ARGV[3] == '' then return -1 end
-  v = ARGV[3]
+  local since = redis.call('GET', KEYS[2])
+  if since and since < ARGV[5] then
+    v = '0'
+  elseif ARGV[3] == '' then
+    return -1
+  else
+    v = ARGV[3]
+    redis.call('SET', KEYS[2], ARGV[5], 'NX')
+  end
   redis.call('SET', KEYS[1], v, 'EX', ARGV[4])
 end
 local grant = math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - tonumber(v))
@@ -37,6 +47,15 @@ return {n, redis.call('TTL', KEYS[1])}
 """
 
 CAP_TTL = 2 * 86400
+# The business day from which this Redis holds every cap counter. Redis must not evict keys
+# (maxmemory-policy noeviction), or a lost counter would reopen a member's cap.
+CAP_SINCE = "cap:since"
+
+
+# Scripts run by EVALSHA (the server loads them again by itself after a restart); the
+# client is given per call, so these objects are shared by every Redis client.
+_reserve_cap = AsyncScript(None, _RESERVE_CAP.encode())
+_hit = AsyncScript(None, _HIT.encode())
 
 
 def _cap_key(member_id: int, day: date) -> str:
@@ -50,11 +69,12 @@ async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, c
     """
     if wanted <= 0:
         return 0
-    key = _cap_key(member_id, day)
-    granted = int(await redis.eval(_RESERVE_CAP, 1, key, wanted, cap, "", CAP_TTL))
+    keys = (_cap_key(member_id, day), CAP_SINCE)
+    today = day.isoformat()
+    granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, "", CAP_TTL, today), client=redis))
     if granted == -1:
         floor = await capped_total(member_id=member_id, day=day)
-        granted = int(await redis.eval(_RESERVE_CAP, 1, key, wanted, cap, floor, CAP_TTL))
+        granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, floor, CAP_TTL, today), client=redis))
     return granted
 
 
@@ -76,7 +96,7 @@ async def hit(*, redis: Redis, name: str, subject: str, limit: int, window: int,
     """Count one attempt in a fixed window; over `limit`: 429 with Retry-After."""
     if not subject:
         return
-    count, ttl = await redis.eval(_HIT, 1, f"rl:{name}:{subject}", window)
+    count, ttl = await _hit(keys=(f"rl:{name}:{subject}",), args=(window,), client=redis)
     if int(count) > limit:
         raise RateLimited(message or f"too many {name} attempts, try again later",
                           retry_after=int(ttl) if int(ttl) > 0 else window, code=code)

@@ -166,3 +166,22 @@ async def test_many_members_check_in_at_once(client, login, clock):
 async def test_checkin_requires_login(client):
     r = await client.post("/mp/checkin")
     assert r.status == 401 and (await r.json())["error"]["code"] == "unauthenticated"
+
+
+async def test_cap_counters_trusted_only_when_redis_predates_today(client, login, clock, redis):
+    """A Redis that has counted since before today knows every cap counter of today; one that
+    lost its data today reads the floor from the ledger instead."""
+    from app.domain import antiabuse, rules
+
+    await rules.update({"points": {"daily_cap": 7}}, actor="test")
+    clock.travel_to(shanghai(2026, 11, 22, 8))
+    m = await login()
+    day = shanghai(2026, 11, 22, 8).date()
+    assert (await (await m.post("/mp/checkin")).json())["points_awarded"] == 5
+    assert await redis.get(antiabuse.CAP_SINCE) == "2026-11-22"
+    await redis.delete(f"cap:{m.id}:2026-11-22")
+    # Data lost today: the ledger says 5 were earned, so 2 remain.
+    assert await antiabuse.reserve_cap(redis=redis, member_id=m.id, day=day, wanted=5, cap=7) == 2
+    # Tomorrow, with this Redis counting since today, a missing counter is a fresh day.
+    tomorrow = shanghai(2026, 11, 23, 8).date()
+    assert await antiabuse.reserve_cap(redis=redis, member_id=m.id, day=tomorrow, wanted=5, cap=7) == 5
