@@ -40,7 +40,8 @@ class Clock:
         self._fixed = fixed
 
     def now(self) -> datetime:
-        return self._fixed or utcnow()
+        """Always UTC: SQLite compares stored timestamps as text, so every offset must match."""
+        return self._fixed.astimezone(timezone.utc) if self._fixed else utcnow()
 
     def travel_to(self, moment: datetime | None) -> None:
         if moment is not None and moment.tzinfo is None:
