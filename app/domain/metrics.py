@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 from tortoise import connections
+from tortoise.transactions import in_transaction
 
 from app.domain.clock import day_start
 from app.errors import InvalidField
