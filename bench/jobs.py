@@ -34,7 +34,7 @@ def _pg(url: str) -> str:
     return url.replace("postgres://", "postgresql://", 1)
 
 
-async def seed(url: str, *, members: int, lots: int, now: datetime) -> dict:
+async def seed(url: str, *, members: int, lots: int, now: datetime, card_share: float = 0.3) -> dict:
     import asyncpg
 
     rng = random.Random(20261122)
@@ -56,14 +56,17 @@ async def seed(url: str, *, members: int, lots: int, now: datetime) -> dict:
             for member_id in range(first + 1, min(members, first + CHUNK) + 1):
                 tier, floor, _ = rng.choices(TIERS, weights)[0]
                 birthday = date.fromordinal(born_from + rng.randrange(45 * 365)) if rng.random() < 0.9 else None
+                # Card holders: expiry queues their bonus pushes (issue 4), the others cost nothing.
+                code = f"bench-card-{member_id}" if rng.random() < card_share else None
                 joined = now - timedelta(days=400 + rng.randrange(400))
                 rows.append((member_id, "wx-bench", f"o-bench-{member_id}", f"b{member_id}", birthday,
                              birthday is not None, tier, floor + rng.randrange(400),
-                             balances[member_id], 0, False, False, joined))
+                             balances[member_id], 0, False, False, joined, code, code and "p-bench"))
             await conn.copy_records_to_table(
                 "member", records=rows,
                 columns=["id", "appid", "openid", "invite_code", "birthday", "card_activated", "tier",
-                         "growth", "points", "streak", "followed", "blacklisted", "created_at"])
+                         "growth", "points", "streak", "followed", "blacklisted", "created_at",
+                         "card_code", "card_id"])
         span = 396 * 86400  # 13 months of earnings, in seconds
         for first in range(0, lots, CHUNK):
             rows = []
@@ -128,6 +131,8 @@ def peak_mb() -> float:
 async def verify(url: str) -> dict:
     from tortoise import Tortoise
 
+    from tortoise import connections
+
     from app import ledger_check
     from app.db import tortoise_config
 
@@ -138,9 +143,13 @@ async def verify(url: str) -> dict:
         async for n, bad in ledger_check.scan(low=low, high=high, batch=20000):
             checked += n
             broken += len(bad)
+        _, rows = await connections.get("default").execute_query(
+            "SELECT COUNT(*) AS n FROM outbox_message WHERE channel = 'card'")
+        pushes = int(dict(rows[0])["n"])
     finally:
         await Tortoise.close_connections()
-    return {"members": checked, "imbalances": broken, "seconds": time.perf_counter() - started}
+    return {"members": checked, "imbalances": broken, "card_pushes": pushes,
+            "seconds": time.perf_counter() - started}
 
 
 def child(url: str, job: str, now: datetime) -> dict:
@@ -158,7 +167,7 @@ async def main(args) -> int:
     rows = []
     async with fresh_database(base, "bench_jobs") as url:
         await migrate({**os.environ, "DATABASE_URL": url})
-        seeded = await seed(url, members=args.members, lots=args.lots, now=now)
+        seeded = await seed(url, members=args.members, lots=args.lots, now=now, card_share=args.card_share)
         print(f"seeded {args.members:,} members and {args.lots:,} lots in {seeded['seconds']:.1f} s", flush=True)
         for job in JOBS:
             figures = await asyncio.to_thread(child, url, job, now)
@@ -173,7 +182,8 @@ async def main(args) -> int:
         ok = r["seconds"] < 120 and r["peak_mb"] < 300
         print(f"{r['job']:26} {r['seconds']:9.1f} {r['peak_mb']:9.0f}  {'ok' if ok else 'OVER'}")
     print(f"expire_points again: {again['seconds']:.1f} s, {again['result']['lots']} lots (idempotent)")
-    print(f"ledger verify: {check['members']:,} members, {check['imbalances']} imbalances, {check['seconds']:.1f} s")
+    print(f"ledger verify: {check['members']:,} members, {check['imbalances']} imbalances, {check['seconds']:.1f} s;"
+          f" {check['card_pushes']:,} card pushes queued")
     return 0 if check["imbalances"] == 0 and again["result"]["lots"] == 0 else 1
 
 
@@ -181,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.jobs", description=__doc__.split("\n\n")[0])
     p.add_argument("--members", type=int, default=100_000, help="members to seed (the issue's figure: 1000000)")
     p.add_argument("--lots", type=int, default=500_000, help="point lots to seed (the issue's figure: 5000000)")
+    p.add_argument("--card-share", type=float, default=0.3, help="share of members holding a member card")
     p.add_argument("--child", choices=JOBS, help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--now", help=argparse.SUPPRESS)

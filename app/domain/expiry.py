@@ -17,7 +17,8 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
 from app import metrics
-from app.domain.clock import day_start
+from app.domain import card
+from app.domain.clock import day_start, utcnow
 
 CHUNK = 5000
 
@@ -41,6 +42,32 @@ FROM (SELECT member_id, SUM(remaining) AS total FROM ledger_entry WHERE {_DUE} G
 WHERE member.id = due.member_id
 """
 _CLEAR_LOTS = f"UPDATE ledger_entry SET remaining = 0 WHERE {_DUE}"
+# The card bonus push (app/domain/card.py `enqueue`, issue 4) of each expire entry just posted
+# for a member holding a card: found through the chunk's lots (before they are cleared) and the
+# entry's unique key, keyed `card:{entry.id}` so a retried chunk queues nothing twice, inserted
+# in entry order since the outbox sends a member's card messages by id.
+_CARD_PUSHES = """
+{insert} INTO outbox_message ("key", channel, kind, member_id, payload, status, attempts,
+                              next_attempt_at, created_at)
+SELECT 'card:' || posted.id, 'card', 'bonus', posted.member_id, {payload}, 'pending', 0, {due}, {created}
+FROM ledger_entry AS lot
+JOIN member ON member.id = lot.member_id AND member.card_code IS NOT NULL
+JOIN ledger_entry AS posted ON posted.idempotency_key = 'expire:' || lot.id
+WHERE lot.id > $1 AND lot.id <= $2 AND lot.remaining > 0 AND lot.expires_at <= $3
+ORDER BY posted.id
+{conflict}
+"""
+_CARD_PUSHES_SQL = {
+    # The payload exactly as card.enqueue writes it: {"add_bonus": delta, "record_bonus": text}.
+    "postgres": _CARD_PUSHES.format(
+        insert="INSERT", conflict='ON CONFLICT ("key") DO NOTHING',
+        payload="jsonb_build_object('add_bonus', posted.delta, 'record_bonus', $4::text)",
+        due="$5::timestamptz", created="$6::timestamptz"),
+    "sqlite": _CARD_PUSHES.format(
+        insert="INSERT OR IGNORE", conflict="",
+        payload="json_object('add_bonus', posted.delta, 'record_bonus', ?4)",
+        due="?5", created="?6").replace("$", "?"),
+}
 
 
 def _sql(conn: BaseDBAsyncClient, text: str) -> str:
@@ -64,6 +91,15 @@ async def _post_entries(tx: BaseDBAsyncClient, params: list) -> int:
     return count
 
 
+async def _queue_card_pushes(tx: BaseDBAsyncClient, params: list, now: datetime) -> None:
+    # As card.enqueue: created at the wall clock, due at the earlier of it and the run's `now`
+    # (a hand run for a past day is due at once too), both UTC like every outbox time.
+    created = utcnow()
+    due = min(created, now.astimezone(timezone.utc))
+    await tx.execute_query(_CARD_PUSHES_SQL[tx.capabilities.dialect],
+                           params + [card.record_text("expire"), _param(tx, due), _param(tx, created)])
+
+
 @dataclass
 class ExpiryResult:
     lots: int = 0
@@ -77,7 +113,8 @@ async def expire_due(*, now: datetime, chunk: int = CHUNK, total=lambda n: None,
     """Expire what is left of every lot whose expires_at has passed at `now`, once per lot.
 
     Each lot's rest becomes an entry (reason "expire", key `expire:{lot_id}`, delta -remaining),
-    the lot's remaining goes to 0 and Member.points down by the same sum. Per chunk of `chunk`
+    the lot's remaining goes to 0 and Member.points down by the same sum; a member holding a
+    card gets the entry's bonus push queued (issue 4, as card.enqueue). Per chunk of `chunk`
     due lots (an id range), one transaction: on PostgreSQL it first locks the chunk's member rows
     in id order — the same lock a spend takes first (its balance UPDATE) — so no spend can
     consume a lot between the statements; SQLite has one writer at a time anyway. A re-run
@@ -107,6 +144,7 @@ async def expire_due(*, now: datetime, chunk: int = CHUNK, total=lambda n: None,
                                                       f"COUNT(DISTINCT member_id) AS m "
                                                       f"FROM ledger_entry WHERE {_DUE}"), params)
             members = int(dict(sums[0])["m"])
+            await _queue_card_pushes(tx, params, now)
             await tx.execute_query(_sql(tx, _DEBIT_MEMBERS), params)
             cleared, _ = await tx.execute_query(_sql(tx, _CLEAR_LOTS), params)
             if posted != cleared:

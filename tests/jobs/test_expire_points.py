@@ -4,9 +4,15 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import aiohttp
+import pytest
+
 from app.config import Settings
-from app.domain import expiry, points
-from app.models import LedgerEntry, Member
+from app.domain import card, expiry, outbox, points
+from app.domain.clock import utcnow
+from app.models import LedgerEntry, Member, OutboxMessage
+from app.wechat.client import WeChatClient
+from miniprogram_stub.simulator.wechat import SANDBOX_OA_APPID, SANDBOX_OA_SECRET
 from jobs.expire_points import run as run_expire
 from jobs.registry import JobContext
 from tests.conftest import assert_ledger_consistent, shanghai
@@ -101,4 +107,85 @@ async def test_concurrent_spends_during_expiry_keep_the_invariant(db):
     await asyncio.gather(expiry.expire_due(now=RUN, chunk=3), *(spend(m) for m in members))
     for m in members:
         assert (await Member.get(id=m.id)).points in (0, 50, 100)
+    await assert_ledger_consistent()
+
+
+# -- the member card (issue 4): an expiry is a points change like any other -----------------
+
+
+@pytest.fixture
+async def oa_wechat(db, redis, settings):
+    async with aiohttp.ClientSession() as session:
+        yield WeChatClient(session=session, redis=redis, base_url=settings.wechat_api_base,
+                           appid=SANDBOX_OA_APPID, secret=SANDBOX_OA_SECRET, retries=0)
+
+
+async def card_holder(n: int, code: str, oa_wechat) -> Member:
+    """A member who earned before linking a card, so the card starts with that balance."""
+    m = await member(n)
+    await earn(m, 100, EARNED, f"pre-{n}")
+    start = await card.link(member_id=m.id, code=code, card_id="p-card")
+    await oa_wechat.membercard_activate(membership_number=str(m.id), code=code, card_id="p-card",
+                                        init_bonus=start)
+    return m
+
+
+async def drain(oa_wechat, settings, now) -> dict:
+    total: dict = {}
+    for _ in range(50):
+        summary = await outbox.deliver_due(wechat=oa_wechat, oa_wechat=oa_wechat, settings=settings, now=now)
+        for k, v in summary.items():
+            total[k] = total.get(k, 0) + v
+        if not summary["claimed"]:
+            return total
+    raise AssertionError("the outbox did not drain")
+
+
+async def test_a_card_holders_expiry_is_pushed_to_the_card_once(db, oa_wechat, settings, sim_state):
+    holder = await card_holder(1, "c-exp", oa_wechat)
+    await earn(holder, 50, LATER, "later")
+    await points.spend(member_id=holder.id, amount=30, reason="redeem", key="spend")  # from the old lot
+    plain = await member(2)
+    await earn(plain, 40, EARNED, "plain")
+
+    await run_expire(ctx(RUN))
+    lot = await LedgerEntry.get(idempotency_key="pre-1")
+    expired = await LedgerEntry.get(idempotency_key=f"expire:{lot.id}")
+    [push] = await OutboxMessage.filter(key=f"card:{expired.id}")
+    assert push.member_id == holder.id and push.channel == "card"
+    assert (push.kind, push.status, push.attempts) == ("bonus", "pending", 0)
+    assert push.payload == {"add_bonus": -70, "record_bonus": card.RECORD_TEXT["expire"]}
+    assert push.next_attempt_at <= RUN and push.created_at is not None
+    assert await OutboxMessage.filter(member_id=plain.id).count() == 0
+    queued = await OutboxMessage.all().count()
+
+    assert (await run_expire(ctx(RUN + timedelta(hours=1))))["lots"] == 0
+    assert await OutboxMessage.all().count() == queued
+
+    # points.spend queues at the wall clock (it takes no `now`): deliver once that is past too.
+    done = await drain(oa_wechat, settings, max(RUN, utcnow()) + timedelta(minutes=5))
+    assert done["sent"] == 3 and done.get("dead", 0) == 0
+    assert [u["add_bonus"] for u in sim_state.card_updates] == [50, -30, -70]
+    assert sim_state.card_updates[-1]["record_bonus"] == "积分过期"
+    assert sim_state.card_bonus["c-exp"] == (await Member.get(id=holder.id)).points == 50
+    await assert_ledger_consistent()
+
+
+async def test_every_expired_lot_of_every_holder_across_chunks_is_pushed(db, oa_wechat, settings, sim_state):
+    holders = [await card_holder(n, f"c-{n}", oa_wechat) for n in range(4)]
+    plain = [await member(10 + n) for n in range(3)]
+    for m in holders + plain:
+        await earn(m, 7, EARNED + timedelta(minutes=1), f"second-{m.id}")
+    result = await expiry.expire_due(now=RUN, chunk=3)
+    assert result.lots == 4 * 2 + 3 and result.chunks == 4
+    entries = await LedgerEntry.filter(reason="expire", member_id__in=[m.id for m in holders]).order_by("id")
+    pushes = await OutboxMessage.filter(key__in=[f"card:{e.id}" for e in entries]).order_by("id")
+    assert await OutboxMessage.filter(member_id__in=[m.id for m in plain]).count() == 0
+    assert sorted(p.payload["add_bonus"] for p in pushes) == [-100] * 4 + [-7] * 4
+    assert {p.member_id for p in pushes} == {m.id for m in holders}
+    assert [p.key for p in pushes] == [f"card:{e.id}" for e in entries]  # the ledger's order
+
+    await drain(oa_wechat, settings, max(RUN, utcnow()) + timedelta(minutes=5))
+    for n, m in enumerate(holders):
+        assert sim_state.card_bonus[f"c-{n}"] == (await Member.get(id=m.id)).points == 0
     await assert_ledger_consistent()
