@@ -1,30 +1,29 @@
-"""Every URL of CONTRACT.md's HTTP surface, in one place."""
+"""Every URL of CONTRACT.md's HTTP surface, in one place, in the contract's order."""
 from aiohttp import web
 
 from handlers import ops
-from handlers.admin import dashboard as admin_dashboard
-from handlers.admin import metrics as admin_metrics
-from handlers.admin import segments as admin_segments
 from handlers.admin import blacklist as admin_blacklist
+from handlers.admin import coupons as admin_coupons
+from handlers.admin import dashboard as admin_dashboard
 from handlers.admin import members as admin_members
+from handlers.admin import metrics as admin_metrics
 from handlers.admin import outbox as admin_outbox
 from handlers.admin import rewards as admin_rewards
 from handlers.admin import rules as admin_rules
-from handlers.admin import coupons as admin_coupons
+from handlers.admin import segments as admin_segments
 from handlers.mp import checkin, members, points
 from handlers.mp import coupons as mp_coupons
+from handlers.mp import referral as mp_referral
 from handlers.mp import rewards as mp_rewards
 from handlers.mp import subscriptions as mp_subscriptions
 from handlers.wechat import oa as wechat_oa
-from handlers.mp import referral as mp_referral
 from handlers.wechat import pay as wechat_pay
 
 
 def setup(app: web.Application) -> None:
     r = app.router
-    r.add_get("/healthz", ops.healthz)
-    r.add_get("/metrics", ops.prometheus)
 
+    # Mini-program
     r.add_post("/mp/login", members.login)
     r.add_get("/mp/me", members.me)
     r.add_post("/mp/card/activate", members.activate_card)
@@ -32,14 +31,21 @@ def setup(app: web.Application) -> None:
     r.add_post("/mp/checkin/makeup", checkin.make_up)
     r.add_get("/mp/checkin/calendar", checkin.calendar)
     r.add_get("/mp/points", points.history)
+    r.add_get("/mp/referral", mp_referral.overview)
+    r.add_get("/mp/referral/qrcode/{code}.png", mp_referral.qrcode)
     r.add_post("/mp/subscriptions", mp_subscriptions.accept)
-    r.add_get("/admin/outbox/dead", admin_outbox.dead)
-    r.add_post("/admin/outbox/retry", admin_outbox.retry)
-    r.add_get("/mp/coupons", mp_coupons.mine)
-    r.add_post("/admin/coupons/redeem", admin_coupons.redeem)
     r.add_get("/mp/rewards", mp_rewards.catalogue)
     r.add_post(r"/mp/rewards/{id:\d{1,18}}/redeem", mp_rewards.redeem)
+    r.add_get("/mp/coupons", mp_coupons.mine)
 
+    # WeChat callbacks
+    r.add_get("/wechat/oa", wechat_oa.verify)
+    r.add_post("/wechat/oa", wechat_oa.receive)
+    r.add_post("/wechat/pay/notify", wechat_pay.notify)
+    r.add_post("/wechat/pay/notify/v2", wechat_pay.notify_v2)
+    r.add_post("/wechat/pay/refund-notify/v2", wechat_pay.refund_notify_v2)
+
+    # Admin
     r.add_get("/admin/rules", admin_rules.show)
     r.add_patch("/admin/rules", admin_rules.change)
     r.add_get("/admin/members", admin_members.search)
@@ -47,16 +53,16 @@ def setup(app: web.Application) -> None:
     r.add_post("/admin/members/{id}/points", admin_members.adjust_points)
     r.add_get("/admin/rewards", admin_rewards.listing)
     r.add_post("/admin/rewards", admin_rewards.create)
+    r.add_post("/admin/coupons/redeem", admin_coupons.redeem)
+    r.add_get("/admin/metrics", admin_metrics.show)
+    r.add_get(r"/admin/segments/{name}.csv", admin_segments.export)
+    r.add_get("/admin/", admin_dashboard.page)
     r.add_get("/admin/blacklist", admin_blacklist.listing)
     r.add_post("/admin/blacklist", admin_blacklist.add)
     r.add_delete("/admin/blacklist/{kind}/{value}", admin_blacklist.remove)
-    r.add_get("/mp/referral", mp_referral.overview)
-    r.add_get("/mp/referral/qrcode/{code}.png", mp_referral.qrcode)
-    r.add_post("/wechat/pay/notify", wechat_pay.notify)
-    r.add_post("/wechat/pay/notify/v2", wechat_pay.notify_v2)
-    r.add_post("/wechat/pay/refund-notify/v2", wechat_pay.refund_notify_v2)
-    r.add_get("/wechat/oa", wechat_oa.verify)
-    r.add_post("/wechat/oa", wechat_oa.receive)
-    r.add_get("/admin/", admin_dashboard.page)
-    r.add_get("/admin/metrics", admin_metrics.show)
-    r.add_get(r"/admin/segments/{name}.csv", admin_segments.export)
+    r.add_get("/admin/outbox/dead", admin_outbox.dead)
+    r.add_post("/admin/outbox/retry", admin_outbox.retry)
+
+    # Operations
+    r.add_get("/healthz", ops.healthz)
+    r.add_get("/metrics", ops.prometheus)
