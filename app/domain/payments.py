@@ -12,9 +12,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
+from tortoise import timezone
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import F
@@ -73,21 +75,23 @@ def purchase_growth(*, rules: Rules, payer_total_fen: int) -> int:
     return max(0, int(payer_total_fen)) // 100 * rules.growth.per_yuan
 
 
-async def _credit(*, conn: BaseDBAsyncClient, rules: Rules, payment: Payment, member: Member,
-                  now: datetime, tz: ZoneInfo) -> tuple[int, int]:
-    """Award one payment to its member inside the caller's transaction; (points, growth).
+async def _credit(*, conn: BaseDBAsyncClient, rules: Rules, member_id: int, transaction_id: str,
+                  out_trade_no: str, paid_at: datetime, earned: int, growth: int, now: datetime) -> None:
+    """Award one payment to its member inside the caller's transaction.
 
     The payment row must already name the member and carry `credited`, `points_awarded` and
-    `growth_awarded` as `award_for` computed them (one write per row on the hot path)."""
-    if payment.points_awarded or payment.growth_awarded:
-        await points.credit(conn=conn, member_id=member.id, amount=int(payment.points_awarded), reason="purchase",
-                            key=f"pay:{payment.transaction_id}", now=now,
-                            expiry_months=rules.points.expiry_months, growth=int(payment.growth_awarded),
-                            note=payment.out_trade_no[:255])
-    await Member.filter(id=member.id).using_db(conn).update(last_paid_at=payment.paid_at)
-    if payment.growth_awarded:
-        await tiers.follow_growth(conn=conn, member_id=member.id, rules=rules, cause="payment", now=now)
-    return int(payment.points_awarded), int(payment.growth_awarded)
+    `growth_awarded` as `award_for` computed them (one write per row on the hot path).
+    last_paid_at rides on the ledger's balance UPDATE, and the tier is re-read only when the
+    growth that UPDATE returned reaches another tier (round trips are the cost here)."""
+    if not (earned or growth):
+        await Member.filter(id=member_id).using_db(conn).update(last_paid_at=paid_at)
+        return
+    posting = await points.credit(conn=conn, member_id=member_id, amount=int(earned), reason="purchase",
+                                  key=f"pay:{transaction_id}", now=now,
+                                  expiry_months=rules.points.expiry_months, growth=int(growth),
+                                  note=out_trade_no[:255], also={"last_paid_at": paid_at})
+    if growth and rules.tier_for_growth(int(posting.growth or 0)).key != posting.tier:
+        await tiers.follow_growth(conn=conn, member_id=member_id, rules=rules, cause="payment", now=now)
 
 
 def award_for(*, rules: Rules, member: Member, payer_total_fen: int, paid_at: datetime,
@@ -99,37 +103,87 @@ def award_for(*, rules: Rules, member: Member, payer_total_fen: int, paid_at: da
             purchase_growth(rules=rules, payer_total_fen=payer_total_fen))
 
 
+@lru_cache(maxsize=8)
+def _insert_payment_pg(tiers_count: int) -> str:
+    """PostgreSQL: find the payer's member, compute its award and insert the payment in ONE
+    statement (the tier read in the statement that awards it). $1-$11 are fixed; then a (tier,
+    points) pair per tier. Returns the payment and the member's inviter (referral needs it)."""
+    pairs = " ".join(f"WHEN ${12 + 2 * i} THEN ${13 + 2 * i}::bigint" for i in range(tiers_count))
+    return (
+        "WITH m AS (SELECT id, tier, blacklisted, inviter_id FROM member WHERE appid = $1 AND openid = $2), "
+        "p AS (INSERT INTO payment (transaction_id, out_trade_no, openid, member_id, total_fen, payer_total_fen, "
+        "refunded_fen, points_awarded, growth_awarded, credited, paid_at, source, created_at) "
+        "SELECT $3, $4, $2, m.id, $5, $6, 0, "
+        f"CASE WHEN m.id IS NULL OR m.blacklisted THEN 0 ELSE CASE m.tier {pairs} ELSE $11::bigint END END, "
+        "CASE WHEN m.id IS NULL OR m.blacklisted THEN 0 ELSE $10::bigint END, "
+        "m.id IS NOT NULL AND NOT m.blacklisted, $7, $8, $9 "
+        "FROM (SELECT 1) AS one LEFT JOIN m ON true "
+        "RETURNING id, member_id, points_awarded, growth_awarded, credited) "
+        "SELECT p.id, p.member_id, p.points_awarded, p.growth_awarded, p.credited, m.inviter_id "
+        "FROM p LEFT JOIN m ON true")
+
+
+async def _insert_payment(*, conn: BaseDBAsyncClient, rules: Rules, appid: str, transaction_id: str,
+                          out_trade_no: str, openid: str, total_fen: int, payer_total_fen: int,
+                          paid_at: datetime, source: str, tz: ZoneInfo) -> dict:
+    """Insert the payment named to its member (if any) with what it earns; the unique
+    transaction_id makes concurrent duplicates wait here, then raise IntegrityError.
+    Returns id, member_id, points_awarded, growth_awarded, credited, inviter_id."""
+    growth = purchase_growth(rules=rules, payer_total_fen=payer_total_fen)
+    if conn.capabilities.dialect == "postgres":
+        levels = rules.tiers.levels
+        values: list = [appid, openid, transaction_id, out_trade_no, total_fen, payer_total_fen, paid_at,
+                        source, timezone.now(), growth,
+                        purchase_points(rules=rules, payer_total_fen=payer_total_fen, tier=levels[0].key,
+                                        paid_at=paid_at, tz=tz)]
+        for level in levels:
+            values += [level.key, purchase_points(rules=rules, payer_total_fen=payer_total_fen, tier=level.key,
+                                                  paid_at=paid_at, tz=tz)]
+        rows = await conn.execute_query_dict(_insert_payment_pg(len(levels)), values)
+        return rows[0]
+    # SQLite (development and the smoke pass): the same, in two statements through the ORM.
+    member = await Member.get_or_none(appid=appid, openid=openid).using_db(conn)
+    earned, growth = (award_for(rules=rules, member=member, payer_total_fen=payer_total_fen,
+                                paid_at=paid_at, tz=tz) if member is not None else (0, 0))
+    payment = await Payment.create(
+        transaction_id=transaction_id, out_trade_no=out_trade_no, openid=openid,
+        total_fen=total_fen, payer_total_fen=payer_total_fen, paid_at=paid_at, source=source,
+        member_id=member.id if member else None, credited=member is not None and not member.blacklisted,
+        points_awarded=earned, growth_awarded=growth, using_db=conn)
+    return {"id": payment.id, "member_id": payment.member_id, "points_awarded": earned,
+            "growth_awarded": growth, "credited": payment.credited,
+            "inviter_id": member.inviter_id if member else None}
+
+
 async def record_payment(*, redis: Redis, rules: Rules, appid: str, transaction_id: str, out_trade_no: str,
                          openid: str, total_fen: int, payer_total_fen: int, paid_at: datetime,
                          now: datetime, tz: ZoneInfo, source: str = "v3") -> PaymentOutcome:
     """Record a paid order once by transaction_id and credit its member (points, growth, tier,
     last_paid_at); a payer who is not a member yet is credited at first login (`credit_pending`).
-    The invitee's first paid order then rewards the referral (+50 / +50)."""
-    member = None
+    The invitee's first paid order then rewards the referral (+50 / +50).
+
+    On PostgreSQL the hot path is BEGIN, one payment INSERT (member lookup included), the ledger
+    INSERT, one member UPDATE (balance, growth, last_paid_at), COMMIT."""
     try:
         async with in_transaction() as conn:
-            # The tier at the time of payment: read in the transaction that awards it.
-            member = await Member.get_or_none(appid=appid, openid=openid).using_db(conn)
-            earned, growth = (award_for(rules=rules, member=member, payer_total_fen=payer_total_fen,
-                                        paid_at=paid_at, tz=tz) if member is not None else (0, 0))
-            # The unique transaction_id makes concurrent duplicates wait here, then fail.
-            payment = await Payment.create(
-                transaction_id=transaction_id, out_trade_no=out_trade_no, openid=openid,
-                total_fen=total_fen, payer_total_fen=payer_total_fen, paid_at=paid_at, source=source,
-                member_id=member.id if member else None, credited=member is not None and not member.blacklisted,
-                points_awarded=earned, growth_awarded=growth, using_db=conn)
-            if member is not None:
-                await _credit(conn=conn, rules=rules, payment=payment, member=member, now=now, tz=tz)
+            row = await _insert_payment(conn=conn, rules=rules, appid=appid, transaction_id=transaction_id,
+                                        out_trade_no=out_trade_no, openid=openid, total_fen=total_fen,
+                                        payer_total_fen=payer_total_fen, paid_at=paid_at, source=source, tz=tz)
+            member_id = row["member_id"]
+            earned, growth = int(row["points_awarded"]), int(row["growth_awarded"])
+            if member_id is not None:
+                await _credit(conn=conn, rules=rules, member_id=member_id, transaction_id=transaction_id,
+                              out_trade_no=out_trade_no, paid_at=paid_at, earned=earned, growth=growth, now=now)
     except IntegrityError:
         existing = await Payment.get_or_none(transaction_id=transaction_id)
         if existing is None:
             raise
         return PaymentOutcome(payment_id=existing.id, created=False, member_id=existing.member_id,
                               points=int(existing.points_awarded), growth=int(existing.growth_awarded))
-    if member is not None and not member.blacklisted and member.inviter_id is not None:
-        await _after_paid(redis=redis, rules=rules, member_id=member.id, payment_id=payment.id, now=now, tz=tz)
-    return PaymentOutcome(payment_id=payment.id, created=True, member_id=member.id if member else None,
-                          points=earned, growth=growth)
+    # Only an invitee (inviter_id known from the member row) has a referral to note or reward.
+    if row["credited"] and row["inviter_id"] is not None:
+        await _after_paid(redis=redis, rules=rules, member_id=member_id, payment_id=row["id"], now=now, tz=tz)
+    return PaymentOutcome(payment_id=row["id"], created=True, member_id=member_id, points=earned, growth=growth)
 
 
 async def _after_paid(*, redis: Redis | None, rules: Rules, member_id: int, payment_id: int,
@@ -168,7 +222,9 @@ async def credit_pending(*, member: Member, now: datetime, tz: ZoneInfo | None =
                 if not claimed:
                     continue
                 payment.points_awarded, payment.growth_awarded = earned, growth
-                await _credit(conn=conn, rules=rules, payment=payment, member=fresh, now=now, tz=tz)
+                await _credit(conn=conn, rules=rules, member_id=member.id, transaction_id=payment.transaction_id,
+                              out_trade_no=payment.out_trade_no, paid_at=payment.paid_at, earned=earned,
+                              growth=growth, now=now)
                 await _take_back_earlier_refunds(conn=conn, rules=rules, payment=payment, member_id=member.id,
                                                  now=now)
         except IntegrityError:
