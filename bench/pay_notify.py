@@ -126,22 +126,35 @@ def sign_all(openids: list[str], count: int, prefix: str) -> list[tuple[dict, by
     return out
 
 
-async def load(url: str, notes: list[tuple[dict, bytes]], concurrency: int) -> dict:
+async def load(url: str, notes: list[tuple[dict, bytes]], concurrency: int, rate: float = 0) -> dict:
+    """Closed loop (each connection sends its next request when the last one answered) or, with
+    `rate`, open loop: request i is due at i / rate seconds, over at most `concurrency`
+    connections, and its latency counts from when it was due (queueing included)."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     queue = iter(notes)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
+        async def send(headers: dict, body: bytes, since: float) -> None:
+            async with session.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+            latencies.append(time.perf_counter() - since)
+
         async def worker() -> None:
             for headers, body in queue:
-                started = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
-                latencies.append(time.perf_counter() - started)
+                await send(headers, body, time.perf_counter())
+
+        async def scheduled(i: int, headers: dict, body: bytes) -> None:
+            due = began + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await send(headers, body, due)
 
         began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if rate:
+            await asyncio.gather(*(scheduled(i, h, b) for i, (h, b) in enumerate(notes)))
+        else:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
     latencies.sort()
     return {
@@ -215,9 +228,9 @@ async def main(args: argparse.Namespace) -> int:
                 loop.run_in_executor(pool, sign_all, openids, args.requests, "r"))
         notify = f"http://127.0.0.1:{port}/wechat/pay/notify"
         await load(notify, warm, args.concurrency)
-        app_result = await load(notify, notes, args.concurrency)
+        app_result = await load(notify, notes, args.concurrency, args.rate)
         await load(f"http://127.0.0.1:{bare_port}/wechat/pay/notify", warm, args.concurrency)
-        bare_result = await load(f"http://127.0.0.1:{bare_port}/wechat/pay/notify", notes, args.concurrency)
+        bare_result = await load(f"http://127.0.0.1:{bare_port}/wechat/pay/notify", notes, args.concurrency, args.rate)
         verify = await verify_inline_vs_thread(2000, args.concurrency)
         recorded = await count_payments(database_url)
     finally:
@@ -234,7 +247,8 @@ async def main(args: argparse.Namespace) -> int:
         await pg_admin(base_db, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     print(f"\npay notify bench: {args.requests} signed notifications (distinct transactions), "
-          f"{args.concurrency} connections, {args.workers} server worker(s), pool {args.pool or 'default'}, "
+          f"{args.concurrency} connections, {f'open loop at {args.rate:g}/s' if args.rate else 'closed loop'}, "
+          f"{args.workers} server worker(s), pool {args.pool or 'default'}, "
           f"{os.cpu_count()} CPUs\n")
     print(f"{'endpoint':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}  statuses")
     for label, r in (("POST /wechat/pay/notify", app_result), ("bare aiohttp 204", bare_result)):
@@ -265,6 +279,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--members", type=int, default=1000, help="members to pre-create (default: %(default)s)")
     parser.add_argument("--pool", type=int, default=0,
                         help="the server's PostgreSQL pool size per worker (default: Tortoise's own, 5)")
+    parser.add_argument("--rate", type=float, default=0,
+                        help="open loop: offer this many notifications/s (latency from when each was due) "
+                             "instead of closed-loop connections; at 64 closed-loop connections Little's law "
+                             "makes mean latency = 64 / throughput (default: closed loop)")
     parser.add_argument("--workers", type=int, default=1, help="server processes, WORKERS (default: %(default)s)")
     return parser.parse_args(argv)
 
