@@ -10,17 +10,24 @@ cache key deleted before each call, so every call runs the SQL) and cached; targ
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379/0 \\
         .venv/bin/python -m bench.metrics                # full scale, a few minutes
         .venv/bin/python -m bench.metrics --members 100000 --ledger 1000000
+        .venv/bin/python -m bench.metrics --keep bench_metrics_kept   # seed once, reuse after
+
+With --keep NAME the database NAME is seeded on the first run, kept, and reused (not
+re-seeded) by later runs with the same NAME; drop it yourself when done
+(`DROP DATABASE NAME WITH (FORCE)`). Its rows are dated from its seeding day.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import statistics
 import sys
 import time
 from datetime import date, datetime, timedelta, timezone
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -192,26 +199,57 @@ async def time_calls(url: str, *, calls: int, bust) -> list[float]:
     return latencies
 
 
+@contextlib.asynccontextmanager
+async def kept_database(base_url: str, name: str):
+    """The database `name` on DATABASE_URL's server, created if missing, never dropped; yields
+    (url, whether it was seeded by an earlier run)."""
+    import asyncpg
+
+    url = urlunsplit(urlsplit(base_url)._replace(path=f"/{name}"))
+    admin = await asyncpg.connect(_dsn(base_url))
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    seeded = None
+    if exists:
+        conn = await asyncpg.connect(_dsn(url))
+        try:
+            seeded = await conn.fetchval(
+                "SELECT MAX(created_at) FROM member") if await conn.fetchval(
+                "SELECT to_regclass('member') IS NOT NULL") else None
+        finally:
+            await conn.close()
+    yield url, seeded
+
+
 async def main(args: argparse.Namespace) -> int:
     from redis.asyncio import Redis
 
     base_db, base_redis = harness.services_from_env()
     tz = ZoneInfo(os.environ.get("APP_TIMEZONE") or "Asia/Shanghai")
     now = datetime.now(timezone.utc)
-    last = now.astimezone(tz).date() - timedelta(days=1)
-    first = last - timedelta(days=args.days - 1)
     began = time.perf_counter()
-    async with harness.fresh_database(base_db, "bench_metrics") as database_url, \
-            harness.claimed_redis(base_redis) as redis_url:
+    database = kept_database(base_db, args.keep) if args.keep else _fresh(base_db)
+    async with database as (database_url, seeded_at), harness.claimed_redis(base_redis) as redis_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WECHAT_")}
         env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_LEVEL="WARNING", ADMIN_TOKEN=TOKEN,
                    WORKERS="1")
         await harness.migrate(env)
-        print(f"seeding {args.members:,} members and {args.ledger:,} ledger entries by COPY ...", flush=True)
-        seeded = await seed(database_url, members=args.members, ledger=args.ledger, now=now)
-        print(f"  copied in {seeded['copy_s']:.1f} s, indexes + ANALYZE in {seeded['index_s']:.1f} s", flush=True)
-        for table, count in seeded["rows"].items():
-            print(f"  {table:<14}{count:>12,}")
+        if seeded_at is not None:
+            now = seeded_at  # the range stays where the kept rows are
+            print(f"reusing the seeded database {args.keep} (rows up to {now:%Y-%m-%d %H:%M} UTC)", flush=True)
+        else:
+            print(f"seeding {args.members:,} members and {args.ledger:,} ledger entries by COPY ...", flush=True)
+            seeded = await seed(database_url, members=args.members, ledger=args.ledger, now=now)
+            print(f"  copied in {seeded['copy_s']:.1f} s, indexes + ANALYZE in {seeded['index_s']:.1f} s",
+                  flush=True)
+            for table, count in seeded["rows"].items():
+                print(f"  {table:<14}{count:>12,}")
+        last = now.astimezone(tz).date() - timedelta(days=1)
+        first = last - timedelta(days=args.days - 1)
 
         from app.domain import metrics
 
@@ -251,6 +289,12 @@ async def main(args: argparse.Namespace) -> int:
     return 0 if met and rfm_ok else 1
 
 
+@contextlib.asynccontextmanager
+async def _fresh(base_db: str):
+    async with harness.fresh_database(base_db, "bench_metrics") as url:
+        yield url, None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.metrics", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -259,6 +303,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ledger entries; check-ins, payments... in proportion (default: %(default)s)")
     parser.add_argument("--days", type=int, default=30, help="range length, ending yesterday (default: %(default)s)")
     parser.add_argument("--calls", type=int, default=20, help="timed calls per mode (default: %(default)s)")
+    parser.add_argument("--keep", metavar="NAME",
+                        help="seed the database NAME once and keep it; later runs reuse it (not dropped)")
     return parser.parse_args(argv)
 
 
