@@ -154,3 +154,22 @@ async def test_refund_while_pending_is_taken_back_at_credit(db, redis):
     await refund("t-pr", "r-pr-3", 5_000)
     assert (await Member.get(id=member.id)).points == 0
     await assert_ledger_consistent()
+
+
+async def test_payment_row_carries_the_payers_tier_award(db, redis):
+    """The payment INSERT finds the member and picks its tier's multiplier (one statement on
+    PostgreSQL); an unknown tier earns as the first level; a stranger's payment waits uncredited."""
+    expected = {"regular": 100, "silver": 120, "gold": 150, "diamond": 200, "retired": 100}
+    for tier, want in expected.items():
+        member = await new_member(f"o-tier-{tier}", tier=tier)
+        outcome = await pay(redis, f"o-tier-{tier}", 10_099, f"t-tier-{tier}")
+        assert (outcome.created, outcome.member_id, outcome.points, outcome.growth) == (True, member.id, want, 100)
+        row = await Payment.get(transaction_id=f"t-tier-{tier}")
+        assert row.credited and (row.points_awarded, row.growth_awarded) == (want, 100)
+        fresh = await Member.get(id=member.id)
+        assert (fresh.points, fresh.growth, fresh.last_paid_at) == (want, 100, MONDAY)
+    stranger = await pay(redis, "o-nobody", 10_000, "t-nobody")
+    assert (stranger.created, stranger.member_id, stranger.points, stranger.growth) == (True, None, 0, 0)
+    row = await Payment.get(transaction_id="t-nobody")
+    assert not row.credited and row.member_id is None and row.points_awarded == 0
+    await assert_ledger_consistent()
