@@ -185,8 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ledger", help="check the points ledger", epilog=EPILOG)
     ledger = p.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
-    q = ledger.add_parser("verify", help="balance == sum of entries == unspent lots, for every member; "
-                                         "exit 1 when a member breaks it")
+    q = ledger.add_parser(
+        "verify", help="prove every balance from the ledger; exit 1 when a member breaks it",
+        description="For every member, in batches of SQL: the balance equals the sum of its ledger "
+                    "entries, and (when not negative) the sum of its unspent lots. Prints each "
+                    "member that breaks it and exits 1; exits 0 when all hold.", epilog=EPILOG)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_ledger_verify)
 

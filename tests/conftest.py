@@ -34,6 +34,18 @@ _TABLES = [
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "smoke: also runs in the smoke pass on the embedded defaults")
+    config.addinivalue_line("markers", "postgres: needs PostgreSQL itself (deselected, not skipped, on SQLite)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if (os.environ.get("DATABASE_URL") or "").startswith("postgres"):
+        return
+    kept, dropped = [], []
+    for item in items:
+        (dropped if item.get_closest_marker("postgres") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 async def _pg_admin(url: str, sql: str) -> None:
