@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import logging
 import multiprocessing
+import signal
 import sys
 from datetime import date
 
@@ -79,12 +80,17 @@ def cmd_serve(settings: Settings, args) -> int:
              for _ in range(workers)]
     for p in procs:
         p.start()
-    try:
+
+    def stop(signum, frame):
+        # A supervisor stops the parent: the workers must stop with it, not linger on the port.
         for p in procs:
-            p.join()
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
+            if p.is_alive():
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for p in procs:
+        p.join()
     return 0
 
 
