@@ -288,7 +288,7 @@ async def cached(*, redis: Redis, first: date, last: date, tz: ZoneInfo, tier_ke
     try:
         result = await compute(first=first, last=last, tz=tz, tier_keys=tier_keys,
                                fen_per_point=fen_per_point)
-        result["generated_at"] = now.isoformat()
+        result["generated_at"] = now.astimezone(tz).isoformat()
         await redis.set(key, json.dumps(result), ex=CACHE_SECONDS)
     finally:
         await redis.delete(f"{key}:lock")
