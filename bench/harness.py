@@ -66,9 +66,8 @@ async def fresh_database(base_url: str, prefix: str) -> AsyncIterator[str]:
         await pg_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@contextlib.asynccontextmanager
-async def claimed_redis(base: str) -> AsyncIterator[str]:
-    """A Redis database number nobody else (tests, other benches) is using; flushed after."""
+async def claim_redis(base: str) -> str:
+    """A Redis database number nobody else (tests, other benches) is using."""
     from redis.asyncio import Redis
 
     parts = urlsplit(base)
@@ -77,19 +76,30 @@ async def claimed_redis(base: str) -> AsyncIterator[str]:
         client = Redis.from_url(url)
         try:
             if await client.set("members-test:claim", f"bench-{os.getpid()}", nx=True, ex=3600):
-                break
+                return url
         finally:
             await client.aclose()
-    else:
-        raise SystemExit("no free Redis database between 1 and 15")
+    raise SystemExit("no free Redis database between 1 and 15")
+
+
+async def flush_redis(url: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def claimed_redis(base: str) -> AsyncIterator[str]:
+    """`claim_redis` for the length of a block, flushed after."""
+    url = await claim_redis(base)
     try:
         yield url
     finally:
-        client = Redis.from_url(url)
-        try:
-            await client.flushdb()
-        finally:
-            await client.aclose()
+        await flush_redis(url)
 
 
 async def migrate(env: dict) -> None:

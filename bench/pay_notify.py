@@ -16,7 +16,6 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from bench.harness import claim_redis, flush_redis, free_port, pg_admin, wait_up
 from miniprogram_stub.simulator import pay as sim
 
 APPID = "wx-sandbox-mp"
@@ -40,63 +40,6 @@ app = web.Application()
 app.router.add_post("/wechat/pay/notify", notify)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def claim_redis(base: str) -> str:
-    from redis.asyncio import Redis
-
-    parts = urlsplit(base)
-    for number in range(15, 0, -1):
-        url = urlunsplit(parts._replace(path=f"/{number}"))
-        client = Redis.from_url(url)
-        try:
-            if await client.set("members-test:claim", f"bench-{os.getpid()}", nx=True, ex=3600):
-                return url
-        finally:
-            await client.aclose()
-    raise SystemExit("no free Redis database between 1 and 15")
-
-
-async def flush_redis(url: str) -> None:
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(url)
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
-
-
-async def wait_up(url: str, proc: asyncio.subprocess.Process, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise SystemExit(f"server exited with {proc.returncode}")
-            try:
-                async with session.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise SystemExit(f"{url} did not come up in {seconds} s")
 
 
 async def create_members(database_url: str, count: int) -> list[str]:

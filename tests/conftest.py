@@ -243,7 +243,7 @@ def clock(client):
     return client.app[keys.clock_key]
 
 
-def shanghai(*args) -> "datetime":
+def shanghai(*args):
     from datetime import datetime
     from zoneinfo import ZoneInfo
 

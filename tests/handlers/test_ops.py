@@ -5,7 +5,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.conftest import reset_state
 
 
 @pytest.mark.smoke
