@@ -259,3 +259,20 @@ async def assert_ledger_consistent() -> None:
     async for _, bad in ledger_check.scan(low=low, high=high):
         broken.extend(bad)
     assert not broken, broken
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop aiosqlite connections that Tortoise left open across test event loops.
+
+    Their worker threads are not daemons, so one left running keeps the interpreter from
+    exiting after a green SQLite run (the smoke pass). stop() needs no event loop.
+    """
+    import gc
+
+    try:
+        import aiosqlite
+    except ImportError:
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, aiosqlite.Connection) and obj._thread.is_alive():  # noqa: SLF001
+            obj.stop()
