@@ -276,3 +276,30 @@ def pytest_sessionfinish(session, exitstatus):
     for obj in gc.get_objects():
         if isinstance(obj, aiosqlite.Connection) and obj._thread.is_alive():  # noqa: SLF001
             obj.stop()
+
+
+@pytest.fixture
+async def oa_wechat(db, redis, settings):
+    """The official account's WeChat client, talking to the simulator, with no retries."""
+    import aiohttp
+
+    from app.wechat.client import WeChatClient
+    from miniprogram_stub.simulator.wechat import SANDBOX_OA_APPID, SANDBOX_OA_SECRET
+
+    async with aiohttp.ClientSession() as session:
+        yield WeChatClient(session=session, redis=redis, base_url=settings.wechat_api_base,
+                           appid=SANDBOX_OA_APPID, secret=SANDBOX_OA_SECRET, retries=0)
+
+
+async def drain_outbox(oa_wechat, settings, now) -> dict:
+    """Run the outbox until nothing is due at `now` (card pushes go one per member per batch)."""
+    from app.domain import outbox
+
+    total: dict = {}
+    for _ in range(50):
+        summary = await outbox.deliver_due(wechat=oa_wechat, oa_wechat=oa_wechat, settings=settings, now=now)
+        for k, v in summary.items():
+            total[k] = total.get(k, 0) + v
+        if not summary["claimed"]:
+            return total
+    raise AssertionError("the outbox did not drain")

@@ -6,7 +6,6 @@ written in the ledger's transaction.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from tortoise.exceptions import IntegrityError
@@ -87,15 +86,8 @@ def _render_referral(r: Referral) -> dict:
             "reward_skipped": r.reward_skipped}
 
 
-@dataclass(frozen=True)
-class Adjustment:
-    entry: LedgerEntry
-    balance: int
-    created: bool
-
-
 async def adjust_points(*, member_id: int, delta: int, reason: str, idempotency_key: str, actor: str,
-                        now: datetime, expiry_months: int) -> Adjustment:
+                        now: datetime, expiry_months: int) -> points.Posting:
     """A manual change of `delta` points (an earning lot, or a spend that may not overdraw: 409
     insufficient_points), once per idempotency key; the same key with another delta is 409."""
     if delta == 0:
@@ -110,22 +102,17 @@ async def adjust_points(*, member_id: int, delta: int, reason: str, idempotency_
         raise NotFound("member not found", code="member_not_found")
     key = f"admin:{idempotency_key}"
     try:
-        # points.adjust's rule (an earning lot, or a spend that may not overdraw), with the audit
-        # row in the same transaction so no change goes unaudited.
+        # The audit row shares the ledger entry's transaction, so no change goes unaudited.
         async with in_transaction() as conn:
-            if delta > 0:
-                posting = await points.credit(conn=conn, member_id=member_id, amount=delta, reason="admin",
-                                              key=key, now=now, expiry_months=expiry_months, note=reason)
-            else:
-                posting = await points.debit(conn=conn, member_id=member_id, amount=-delta, reason="admin",
-                                             key=key, note=reason)
+            posting = await points.adjust(conn=conn, member_id=member_id, delta=delta, reason="admin",
+                                          key=key, now=now, expiry_months=expiry_months, note=reason)
             await AuditLog.create(
                 actor=actor, action="members.points", target=f"member:{member_id}",
                 before={"points": posting.balance - delta},
                 after={"points": posting.balance, "delta": delta, "reason": reason,
                        "entry_id": posting.entry.id, "idempotency_key": idempotency_key},
                 using_db=conn)
-        return Adjustment(entry=posting.entry, balance=posting.balance, created=True)
+        return posting
     except IntegrityError:
         entry = await LedgerEntry.get_or_none(idempotency_key=key)
         if entry is None:
@@ -133,4 +120,4 @@ async def adjust_points(*, member_id: int, delta: int, reason: str, idempotency_
     if int(entry.delta) != delta or entry.member_id != member_id:
         raise Conflict("this idempotency_key was used for another change", code="idempotency_key_reused")
     member = await Member.get(id=member_id)
-    return Adjustment(entry=entry, balance=int(member.points), created=False)
+    return points.Posting(entry=entry, balance=int(member.points), created=False)

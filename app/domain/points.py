@@ -186,13 +186,14 @@ async def spend(*, member_id: int, amount: int, reason: str, key: str,
         return existing
 
 
-async def adjust(*, member_id: int, delta: int, reason: str, key: str, now: datetime,
-                 expiry_months: int, note: str = "") -> Posting:
-    """An operator's manual change: positive is an earning lot, negative a spend that may not overdraw."""
+async def adjust(*, conn: BaseDBAsyncClient, member_id: int, delta: int, reason: str, key: str,
+                 now: datetime, expiry_months: int, note: str = "") -> Posting:
+    """An operator's manual change inside the caller's transaction: positive is an earning lot,
+    negative a spend that may not overdraw (409 insufficient_points)."""
     if delta >= 0:
-        return await award(member_id=member_id, amount=delta, reason=reason, key=key, now=now,
-                           expiry_months=expiry_months, note=note)
-    return await spend(member_id=member_id, amount=-delta, reason=reason, key=key, note=note)
+        return await credit(conn=conn, member_id=member_id, amount=delta, reason=reason, key=key,
+                            now=now, expiry_months=expiry_months, note=note)
+    return await debit(conn=conn, member_id=member_id, amount=-delta, reason=reason, key=key, note=note)
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,14 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-import aiohttp
-import pytest
 
 from app.config import Settings
-from app.domain import card, expiry, outbox, points
+from app.domain import card, expiry, points
 from app.domain.clock import utcnow
 from app.models import LedgerEntry, Member, OutboxMessage
-from app.wechat.client import WeChatClient
-from miniprogram_stub.simulator.wechat import SANDBOX_OA_APPID, SANDBOX_OA_SECRET
 from jobs.expire_points import run as run_expire
 from jobs.registry import JobContext
-from tests.conftest import assert_ledger_consistent, shanghai
+from tests.conftest import assert_ledger_consistent, shanghai, drain_outbox
 
 EARNED = shanghai(2025, 11, 20, 10, 0)  # expires 2026-11-20 10:00
 LATER = shanghai(2026, 1, 15, 10, 0)  # expires 2027-01-15 10:00
@@ -113,13 +109,6 @@ async def test_concurrent_spends_during_expiry_keep_the_invariant(db):
 # -- the member card (issue 4): an expiry is a points change like any other -----------------
 
 
-@pytest.fixture
-async def oa_wechat(db, redis, settings):
-    async with aiohttp.ClientSession() as session:
-        yield WeChatClient(session=session, redis=redis, base_url=settings.wechat_api_base,
-                           appid=SANDBOX_OA_APPID, secret=SANDBOX_OA_SECRET, retries=0)
-
-
 async def card_holder(n: int, code: str, oa_wechat) -> Member:
     """A member who earned before linking a card, so the card starts with that balance."""
     m = await member(n)
@@ -128,17 +117,6 @@ async def card_holder(n: int, code: str, oa_wechat) -> Member:
     await oa_wechat.membercard_activate(membership_number=str(m.id), code=code, card_id="p-card",
                                         init_bonus=start)
     return m
-
-
-async def drain(oa_wechat, settings, now) -> dict:
-    total: dict = {}
-    for _ in range(50):
-        summary = await outbox.deliver_due(wechat=oa_wechat, oa_wechat=oa_wechat, settings=settings, now=now)
-        for k, v in summary.items():
-            total[k] = total.get(k, 0) + v
-        if not summary["claimed"]:
-            return total
-    raise AssertionError("the outbox did not drain")
 
 
 async def test_a_card_holders_expiry_is_pushed_to_the_card_once(db, oa_wechat, settings, sim_state):
@@ -163,7 +141,7 @@ async def test_a_card_holders_expiry_is_pushed_to_the_card_once(db, oa_wechat, s
     assert await OutboxMessage.all().count() == queued
 
     # points.spend queues at the wall clock (it takes no `now`): deliver once that is past too.
-    done = await drain(oa_wechat, settings, max(RUN, utcnow()) + timedelta(minutes=5))
+    done = await drain_outbox(oa_wechat, settings, max(RUN, utcnow()) + timedelta(minutes=5))
     assert done["sent"] == 3 and done.get("dead", 0) == 0
     assert [u["add_bonus"] for u in sim_state.card_updates] == [50, -30, -70]
     assert sim_state.card_updates[-1]["record_bonus"] == "积分过期"
@@ -185,7 +163,7 @@ async def test_every_expired_lot_of_every_holder_across_chunks_is_pushed(db, oa_
     assert {p.member_id for p in pushes} == {m.id for m in holders}
     assert [p.key for p in pushes] == [f"card:{e.id}" for e in entries]  # the ledger's order
 
-    await drain(oa_wechat, settings, max(RUN, utcnow()) + timedelta(minutes=5))
+    await drain_outbox(oa_wechat, settings, max(RUN, utcnow()) + timedelta(minutes=5))
     for n, m in enumerate(holders):
         assert sim_state.card_bonus[f"c-{n}"] == (await Member.get(id=m.id)).points == 0
     await assert_ledger_consistent()

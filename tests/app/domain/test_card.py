@@ -4,25 +4,16 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-import aiohttp
 import pytest
 from tortoise.transactions import in_transaction
 
 from app.domain import card, outbox, points
 from app.errors import Conflict, InsufficientPoints
 from app.models import Member, OutboxMessage
-from app.wechat.client import WeChatClient, WeChatUnavailable
-from miniprogram_stub.simulator.wechat import SANDBOX_OA_APPID, SANDBOX_OA_SECRET
-from tests.conftest import MP_APPID, assert_ledger_consistent, shanghai
+from app.wechat.client import WeChatUnavailable
+from tests.conftest import MP_APPID, assert_ledger_consistent, shanghai, drain_outbox
 
 NOW = shanghai(2026, 11, 26, 10, 0)
-
-
-@pytest.fixture
-async def oa_wechat(db, redis, settings):
-    async with aiohttp.ClientSession() as session:
-        yield WeChatClient(session=session, redis=redis, base_url=settings.wechat_api_base,
-                           appid=SANDBOX_OA_APPID, secret=SANDBOX_OA_SECRET, retries=0)
 
 
 async def new_member(name: str, *, card_code: str | None = None) -> Member:
@@ -130,18 +121,6 @@ async def test_push_for_a_card_deleted_since_is_a_no_op(db, oa_wechat, sim_state
     assert sim_state.card_updates == []
 
 
-async def drain(oa_wechat, settings, now) -> dict:
-    """Run the outbox until nothing is due at `now` (card pushes go one per member per batch)."""
-    total: dict = {}
-    for _ in range(50):
-        summary = await outbox.deliver_due(wechat=oa_wechat, oa_wechat=oa_wechat, settings=settings, now=now)
-        for k, v in summary.items():
-            total[k] = total.get(k, 0) + v
-        if not summary["claimed"]:
-            return total
-    raise AssertionError("the outbox did not drain")
-
-
 async def test_the_outbox_survives_a_simulator_outage(db, oa_wechat, settings, sim_state):
     """Down: every push stays pending with attempts counted; up: each delivered once, in order."""
     a = await new_member("alice")
@@ -161,14 +140,14 @@ async def test_the_outbox_survives_a_simulator_outage(db, oa_wechat, settings, s
     # one message per member per batch: the earlier one must go first
     assert first["claimed"] == 2 and first["retried"] == 2
     assert await OutboxMessage.filter(channel="card", status="pending", attempts=1).count() == 2
-    assert (await drain(oa_wechat, settings, NOW))["claimed"] == 0  # backing off: nothing due yet
-    second = await drain(oa_wechat, settings, NOW + timedelta(minutes=5))
+    assert (await drain_outbox(oa_wechat, settings, NOW))["claimed"] == 0  # backing off: nothing due yet
+    second = await drain_outbox(oa_wechat, settings, NOW + timedelta(minutes=5))
     assert second["retried"] == 2 and second["sent"] == 0
     assert await OutboxMessage.filter(channel="card", status="pending", attempts=2).count() == 2
     assert sim_state.card_updates == []
 
     sim_state.down = False
-    done = await drain(oa_wechat, settings, NOW + timedelta(hours=1))
+    done = await drain_outbox(oa_wechat, settings, NOW + timedelta(hours=1))
     assert done["sent"] == 4 and done.get("dead", 0) == 0
     assert await OutboxMessage.filter(channel="card").exclude(status="sent").count() == 0
     sent = [(u["code"], u["add_bonus"]) for u in sim_state.card_updates]

@@ -62,12 +62,19 @@ async def test_negative_balance_is_paid_back_first(db):
 
 
 async def test_adjust_manual(db):
+    from tortoise.transactions import in_transaction
+
+    async def adjust(delta, key):
+        async with in_transaction() as conn:
+            return await points.adjust(conn=conn, member_id=m.id, delta=delta, reason="admin", key=key,
+                                       now=NOW, expiry_months=12)
+
     m = await new_member()
-    await points.adjust(member_id=m.id, delta=40, reason="admin", key="admin:1", now=NOW, expiry_months=12)
-    await points.adjust(member_id=m.id, delta=-15, reason="admin", key="admin:2", now=NOW, expiry_months=12)
+    await adjust(40, "admin:1")
+    await adjust(-15, "admin:2")
     assert (await Member.get(id=m.id)).points == 25
     with pytest.raises(InsufficientPoints):
-        await points.adjust(member_id=m.id, delta=-26, reason="admin", key="admin:3", now=NOW, expiry_months=12)
+        await adjust(-26, "admin:3")
     await assert_ledger_consistent()
 
 
