@@ -28,21 +28,21 @@ MP_SECRET = "test-mp-secret"
 _TABLES = [
     "audit_log", "blacklist", "checkin", "coupon", "ledger_entry", "member_score", "outbox_message",
     "redemption", "refund", "payment", "referral", "reward", "coupon_template", "subscription_quota",
-    "tier_change", "member",
+    "tier_change", "member", "metrics_day",
 ]
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "smoke: also runs in the smoke pass on the embedded defaults")
     config.addinivalue_line("markers", "postgres: needs PostgreSQL itself (deselected, not skipped, on SQLite)")
+    config.addinivalue_line("markers", "sqlite: SQLite's own behaviour (deselected, not skipped, on PostgreSQL)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if (os.environ.get("DATABASE_URL") or "").startswith("postgres"):
-        return
+    other = "sqlite" if (os.environ.get("DATABASE_URL") or "").startswith("postgres") else "postgres"
     kept, dropped = [], []
     for item in items:
-        (dropped if item.get_closest_marker("postgres") else kept).append(item)
+        (dropped if item.get_closest_marker(other) else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

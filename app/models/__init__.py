@@ -3,6 +3,7 @@ from app.models.checkin import Checkin
 from app.models.coupon import Coupon, CouponTemplate
 from app.models.ledger import LedgerEntry
 from app.models.member import Blacklist, Member, TierChange
+from app.models.metrics import MetricsDay
 from app.models.outbox import OutboxMessage, SubscriptionQuota
 from app.models.payment import Payment, Refund
 from app.models.referral import Referral
@@ -11,6 +12,6 @@ from app.models.rules import AuditLog, Rule
 
 __all__ = [
     "AuditLog", "Blacklist", "Checkin", "Coupon", "CouponTemplate", "LedgerEntry", "Member",
-    "MemberScore", "OutboxMessage", "Payment", "Redemption", "Refund", "Referral", "Reward",
+    "MemberScore", "MetricsDay", "OutboxMessage", "Payment", "Redemption", "Refund", "Referral", "Reward",
     "Rule", "SubscriptionQuota", "TierChange",
 ]

@@ -35,7 +35,7 @@ class Member(Model):
     class Meta:
         table = "member"
         unique_together = (("appid", "openid"),)
-        indexes = (("created_at",),)  # new members per day (metrics)
+        indexes = (("created_at",), ("tier",))  # new members per day, tier distribution (metrics)
 
 
 class TierChange(Model):

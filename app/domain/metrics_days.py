@@ -1,0 +1,329 @@
+"""Per-business-day figures behind GET /admin/metrics, pre-aggregated in `metrics_day`.
+
+The distinct counts of a range (active members, members who checked in, payers, their
+streaks and repeat purchases) do not add up day by day, so each day keeps its member sets as
+bitmaps (bit i = member id i): a range's count is the popcount of the OR of its days, and the
+streak distribution is computed from the check-in bitmaps of consecutive days. Sums (points
+issued / spent / expired / taken back, orders, spend, new members) are kept per day as they are.
+
+A day is built from the source tables (one SQL aggregate each) and stored once it has ended
+(GRACE after midnight). It stays exact afterwards because PostgreSQL triggers (migration
+0006) bump the `version` of every built day that a later write lands on (a make-up check-in,
+a late payment notification, a payment credited at first login, a re-dated row), and a day
+is only read while `built_version == version`; otherwise it is built again. Days not built
+yet, today, and everything on SQLite (no triggers there) are computed from the source tables
+on each call.
+
+Building a day is race-free: its row is committed first, then the build waits until every
+transaction that was writing when the row appeared has ended (those could not see it, so
+could not bump it), then takes the row's lock and reads the sources in the same transaction;
+a write landing meanwhile waits for the lock and bumps the version after it.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Callable, Iterable
+from zoneinfo import ZoneInfo
+
+from tortoise import connections
+from tortoise.transactions import in_transaction
+
+from app.domain.clock import day_start
+
+GRACE = timedelta(minutes=5)  # a day is stored this long after it ended
+BATCH_DAYS = 7  # days built (and locked) per transaction
+IN_FLIGHT_WAIT = 5.0  # seconds a build waits for older writers before computing live instead
+# For the metrics queries only (SET LOCAL): the 4 MB default work_mem makes a month's sorts
+# spill to disk; JIT compiling buys nothing on scans this short.
+PG_SETTINGS = "SET LOCAL jit = off; SET LOCAL work_mem = '64MB'"
+
+
+class RangeSql:
+    """Raw SQL with $1..$n placeholders on PostgreSQL, and the same text on SQLite (?1..?n).
+
+    Without `tx`, each query runs on a pooled connection of its own (so they run side by
+    side); with it, inside that transaction."""
+
+    def __init__(self, tz: ZoneInfo, tx: Any = None) -> None:
+        self.conn = tx or connections.get("default")
+        self.tx = tx
+        self.pg = connections.get("default").capabilities.dialect == "postgres"
+        self.tz = tz
+
+    def ts(self, column: str) -> str:
+        """A timestamp column comparable with instants: SQLite keeps the offset it was given
+        (Tortoise's update() does not convert to UTC), so normalise it there."""
+        return column if self.pg else f"datetime({column})"
+
+    def within(self, column: str, first: int = 1) -> str:
+        """The column inside [$first, $first+1): a range's start and end instants."""
+        return f"{self.ts(column)} >= ${first} AND {self.ts(column)} < ${first + 1}"
+
+    def business_day(self, column: str, offset_minutes: int = 0) -> str:
+        if self.pg:
+            return f"CAST(({column} AT TIME ZONE '{self.tz.key}') AS date)"
+        # SQLite has no time zones: it shifts by the offset at the range's start (exact for
+        # zones without DST, such as the default Asia/Shanghai).
+        return f"date({column}, '{offset_minutes:+d} minutes')"
+
+    def ids(self, column: str, where: str = "") -> str:
+        """An aggregate of a group's ids: an int array on PostgreSQL, "1,2,3" on SQLite."""
+        filtered = f" FILTER (WHERE {where})" if where else ""
+        return f"array_agg({column}){filtered}" if self.pg else f"group_concat({column}){filtered}"
+
+    @staticmethod
+    def id_list(value: Any) -> list[int]:
+        if value is None:
+            return []
+        return value if isinstance(value, list) else [int(i) for i in str(value).split(",")]
+
+    async def rows(self, sql: str, *params: Any) -> list[dict]:
+        if not self.pg:
+            sql = re.sub(r"\$(\d+)", r"?\1", sql)
+            return await self.conn.execute_query_dict(sql, [_sqlite_value(p) for p in params])
+        if self.tx is not None:
+            return await self.tx.execute_query_dict(sql, list(params))
+        async with in_transaction() as tx:  # a transaction only to scope the settings
+            await tx.execute_script(PG_SETTINGS)
+            return await tx.execute_query_dict(sql, list(params))
+
+    async def one(self, sql: str, *params: Any) -> dict:
+        found = await self.rows(sql, *params)
+        return found[0] if found else {}
+
+
+def _sqlite_value(value: Any) -> Any:
+    # Compared with datetime(column): 'YYYY-MM-DD HH:MM:SS' in UTC. Range bounds are whole
+    # seconds, so datetime()'s dropping of fractions cannot move a row across one.
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+@dataclass
+class DayFigures:
+    """One business day. Member sets are Python ints used as bitmaps (bit i = member i)."""
+
+    day: date
+    active: int = 0  # a ledger entry, a check-in or a paid order that day
+    checked_in: int = 0
+    payers: int = 0  # one or more paid orders that day
+    repeat_payers: int = 0  # two or more
+    new_members: int = 0
+    orders: int = 0
+    spend_fen: int = 0
+    issued: int = 0
+    spent: int = 0
+    expired: int = 0
+    taken_back: int = 0
+
+    SETS = ("active", "checked_in", "payers", "repeat_payers")
+    SUMS = ("new_members", "orders", "spend_fen", "issued", "spent", "expired", "taken_back")
+
+
+def bitmap(ids: Iterable[int]) -> int:
+    ids = list(ids)
+    if not ids:
+        return 0
+    buf = bytearray((max(ids) >> 3) + 1)
+    for i in ids:
+        buf[i >> 3] |= 1 << (i & 7)
+    return int.from_bytes(buf, "little")
+
+
+def _to_bytes(bits: int) -> bytes:
+    return bits.to_bytes((bits.bit_length() + 7) // 8, "little")
+
+
+def _spans(days: list[date]) -> list[tuple[date, date]]:
+    """Sorted days as runs of consecutive days (first, last)."""
+    spans: list[tuple[date, date]] = []
+    for day in sorted(days):
+        if spans and spans[-1][1] + timedelta(days=1) == day:
+            spans[-1] = (spans[-1][0], day)
+        else:
+            spans.append((day, day))
+    return spans
+
+
+async def compute_days(sql: RangeSql, days: list[date]) -> dict[date, DayFigures]:
+    """The figures of `days`, fresh from the source tables: per run of consecutive days, four
+    aggregates with a row per day, each day's members as one array."""
+    found = {day: DayFigures(day) for day in days}
+    ids = sql.ids
+    for first, last in _spans(days):
+        start, end = day_start(first, sql.tz), day_start(last + timedelta(days=1), sql.tz)
+        offset = int((start.utcoffset() or timedelta(0)).total_seconds() // 60)
+        s, e = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+        bday: Callable[[str], str] = lambda column: sql.business_day(column, offset)  # noqa: E731
+        queries = (
+            sql.rows(
+                f"SELECT {bday('created_at')} AS day, {ids('member_id')} AS members,"
+                " CAST(SUM(CASE WHEN delta > 0 THEN delta ELSE 0 END) AS bigint) AS issued,"
+                " CAST(SUM(CASE WHEN delta < 0 AND reason = 'expire' THEN -delta ELSE 0 END) AS bigint) AS expired,"
+                " CAST(SUM(CASE WHEN delta < 0 AND reason = 'refund' THEN -delta ELSE 0 END) AS bigint) AS taken_back,"
+                " CAST(SUM(CASE WHEN delta < 0 AND reason NOT IN ('expire', 'refund') THEN -delta ELSE 0 END)"
+                f" AS bigint) AS spent FROM ledger_entry WHERE {sql.within('created_at')} GROUP BY 1", s, e),
+            sql.rows(f"SELECT day, {ids('member_id')} AS members FROM checkin"
+                     " WHERE day >= $1 AND day <= $2 GROUP BY day", first, last),
+            sql.rows(
+                f"SELECT day, {ids('member_id')} AS payers, {ids('member_id', 'n >= 2')} AS repeaters,"
+                " CAST(SUM(n) AS bigint) AS orders, CAST(SUM(fen) AS bigint) AS fen FROM ("
+                f" SELECT {bday('paid_at')} AS day, member_id, COUNT(*) AS n, SUM(payer_total_fen) AS fen"
+                f" FROM payment WHERE {sql.within('paid_at')} AND member_id IS NOT NULL GROUP BY 1, 2"
+                ") AS paid GROUP BY day", s, e),
+            sql.rows(f"SELECT {bday('created_at')} AS day, COUNT(*) AS n FROM member"
+                     f" WHERE {sql.within('created_at')} GROUP BY 1", s, e),
+        )
+        if sql.tx is not None:  # one connection: one query at a time
+            ledger, checkins, payments, joined = [await q for q in queries]
+        else:
+            ledger, checkins, payments, joined = await asyncio.gather(*queries)
+
+        active: dict[date, list[int]] = {}
+        for row in ledger:
+            figures = found.get(as_date(row["day"]))
+            if figures is not None:
+                active.setdefault(figures.day, []).extend(sql.id_list(row["members"]))
+                for name in ("issued", "spent", "expired", "taken_back"):
+                    setattr(figures, name, int(row[name] or 0))
+        for row in checkins:
+            figures = found.get(as_date(row["day"]))
+            if figures is not None:
+                checked = sql.id_list(row["members"])
+                active.setdefault(figures.day, []).extend(checked)
+                figures.checked_in = bitmap(checked)
+        for row in payments:
+            figures = found.get(as_date(row["day"]))
+            if figures is not None:
+                payers = sql.id_list(row["payers"])
+                active.setdefault(figures.day, []).extend(payers)
+                figures.payers = bitmap(payers)
+                figures.repeat_payers = bitmap(sql.id_list(row["repeaters"]))
+                figures.orders, figures.spend_fen = int(row["orders"] or 0), int(row["fen"] or 0)
+        for row in joined:
+            figures = found.get(as_date(row["day"]))
+            if figures is not None:
+                figures.new_members = int(row["n"])
+        for day, seen in active.items():
+            found[day].active = bitmap(seen)
+    return found
+
+
+async def _load(tz: ZoneInfo, days: list[date]) -> dict[date, DayFigures]:
+    """The current (built_version == version) stored days among `days`."""
+    if not days:
+        return {}
+    rows = await connections.get("default").execute_query_dict(
+        f"SELECT day, {', '.join(DayFigures.SETS + DayFigures.SUMS)} FROM metrics_day"
+        " WHERE tz = $1 AND day = ANY($2::date[]) AND built_version = version", [tz.key, days])
+    loaded = {}
+    for row in rows:
+        figures = DayFigures(row["day"], **{name: int(row[name]) for name in DayFigures.SUMS})
+        for name in DayFigures.SETS:
+            setattr(figures, name, int.from_bytes(row[name] or b"", "little"))
+        loaded[figures.day] = figures
+    return loaded
+
+
+async def _writers_done(conn: Any) -> bool:
+    """Wait until every transaction of this database that had written something when the
+    day rows were committed has ended; False if one outlasts IN_FLIGHT_WAIT. (A transaction
+    that writes later sees the rows, so its trigger bumps them.)"""
+    since = (await conn.execute_query_dict("SELECT clock_timestamp() AS t"))[0]["t"]
+    for _ in range(int(IN_FLIGHT_WAIT / 0.01)):
+        busy = await conn.execute_query_dict(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_xid IS NOT NULL AND xact_start < $1 LIMIT 1", [since])
+        if not busy:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def build(tz: ZoneInfo, days: list[date], *, advance: Callable[[int], None] = lambda n: None) -> int:
+    """Build and store `days` (ended ones, PostgreSQL only) whose stored row is missing or out
+    of date. Returns how many were built; a day is skipped if its writers cannot be waited out."""
+    conn = connections.get("default")
+    if conn.capabilities.dialect != "postgres" or not days:
+        return 0
+    await conn.execute_query(
+        "INSERT INTO metrics_day (tz, day, starts_at, ends_at, version, built_version, new_members, orders,"
+        " spend_fen, issued, spent, expired, taken_back)"
+        " SELECT $1::text, d, d::timestamp AT TIME ZONE $1::text, (d + 1)::timestamp AT TIME ZONE $1::text,"
+        " 1, 0, 0, 0, 0, 0, 0, 0, 0"
+        " FROM unnest($2::date[]) AS d ON CONFLICT (day, tz) DO NOTHING", [tz.key, days])
+    if not await _writers_done(conn):
+        return 0
+    built = 0
+    ordered = sorted(days)
+    for i in range(0, len(ordered), BATCH_DAYS):
+        batch = ordered[i:i + BATCH_DAYS]
+        async with in_transaction() as tx:
+            await tx.execute_script(PG_SETTINGS)
+            rows = await tx.execute_query_dict(
+                "SELECT day FROM metrics_day WHERE tz = $1 AND day = ANY($2::date[])"
+                " AND built_version <> version ORDER BY day FOR UPDATE", [tz.key, batch])
+            todo = [row["day"] for row in rows]
+            fresh = await compute_days(RangeSql(tz, tx), todo)
+            for figures in fresh.values():
+                await tx.execute_query(
+                    "UPDATE metrics_day SET built_version = version, built_at = now(),"
+                    f" {', '.join(f'{name} = ${n}' for n, name in enumerate(DayFigures.SETS + DayFigures.SUMS, 3))}"
+                    " WHERE tz = $1 AND day = $2",
+                    [tz.key, figures.day, *(_to_bytes(getattr(figures, name)) for name in DayFigures.SETS),
+                     *(getattr(figures, name) for name in DayFigures.SUMS)])
+            built += len(todo)
+        advance(len(batch))
+    return built
+
+
+def storable(day: date, tz: ZoneInfo, now: datetime) -> bool:
+    """A day is stored once it ended GRACE ago; until then it is computed on each call."""
+    return day_start(day + timedelta(days=1), tz) <= now - GRACE
+
+
+async def figures(*, first: date, last: date, tz: ZoneInfo, now: datetime) -> list[DayFigures]:
+    """Every day of `first`..`last`: stored where current, built and stored where it can be,
+    computed from the source tables otherwise."""
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    pg = connections.get("default").capabilities.dialect == "postgres"
+    found = await _load(tz, days) if pg else {}
+    missing = [day for day in days if day not in found and storable(day, tz, now)]
+    if pg and missing:
+        await build(tz, missing)
+        found.update(await _load(tz, missing))
+    rest = [day for day in days if day not in found]
+    if rest:
+        found.update(await compute_days(RangeSql(tz), rest))
+    return [found[day] for day in days]
+
+
+async def refresh(*, tz: ZoneInfo, now: datetime, days: int,
+                  total: Callable[[int], None] = lambda n: None,
+                  advance: Callable[[int], None] = lambda n: None) -> dict:
+    """Build every ended day of the last `days` that is missing or out of date (the
+    metrics_days job): cold calls of GET /admin/metrics then only read stored days."""
+    conn = connections.get("default")
+    if conn.capabilities.dialect != "postgres":
+        return {"days": 0, "current": 0, "built": 0}  # SQLite: every call computes its days
+    today = now.astimezone(tz).date()
+    wanted = [today - timedelta(days=i) for i in range(days, 0, -1)]
+    wanted = [day for day in wanted if storable(day, tz, now)]
+    rows = await conn.execute_query_dict(
+        "SELECT day FROM metrics_day WHERE tz = $1 AND day = ANY($2::date[]) AND built_version = version",
+        [tz.key, wanted])
+    current = {row["day"] for row in rows}
+    todo = [day for day in wanted if day not in current]
+    total(len(todo))
+    built = await build(tz, todo, advance=advance)
+    return {"days": len(wanted), "current": len(current), "built": built}

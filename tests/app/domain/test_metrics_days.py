@@ -1,0 +1,204 @@
+"""Pre-aggregated metrics days: the bitmap arithmetic, storage on PostgreSQL, and the triggers
+that keep a stored day exact when a late write lands on it (make-ups, late payments, payers
+credited at first login, re-dated rows), also under concurrent writes and builds."""
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+from tortoise import connections
+from tortoise.transactions import in_transaction
+
+from app.domain import metrics, metrics_days
+from app.domain.metrics_days import DayFigures, bitmap
+from app.models import Checkin, LedgerEntry, Member, MetricsDay, Payment
+from tests.app.domain.test_metrics import FIRST, LAST, TIERS, TZ, _member, _pay, world  # noqa: F401
+from tests.conftest import shanghai
+
+NOW = shanghai(2026, 11, 22, 10, 0)
+
+
+def _members(*ids: int) -> int:
+    return bitmap(ids)
+
+
+@pytest.mark.smoke
+def test_streaks_are_the_longest_run_of_consecutive_days_per_member():
+    # member 1: days 0-6 (7), member 2: days 0-1 and 3-5 (longest 3), member 3: day 2 only,
+    # member 4: days 0-7 (8, so 7+), member 5: never.
+    days = [_members(1, 2, 4), _members(1, 2, 4), _members(1, 3, 4), _members(1, 2, 4),
+            _members(1, 2, 4), _members(1, 2, 4), _members(1, 4), _members(4)]
+    assert metrics.streak_counts(days) == {"1": 1, "2": 0, "3": 1, "4": 0, "5": 0, "6": 0, "7+": 2}
+    assert metrics.streak_counts([]) == dict.fromkeys(metrics.STREAK_BUCKETS, 0)
+    assert metrics.streak_counts([_members(9)]) == {**dict.fromkeys(metrics.STREAK_BUCKETS, 0), "1": 1}
+
+
+@pytest.mark.smoke
+def test_repeat_payers_need_two_orders_on_one_day_or_on_two_days():
+    days = [DayFigures(date(2026, 11, 1), payers=_members(1, 2, 3), repeat_payers=_members(3)),
+            DayFigures(date(2026, 11, 2), payers=_members(2, 4)),
+            DayFigures(date(2026, 11, 3), payers=_members(5))]
+    assert metrics.repeat_payers(days) == 2  # 2 (two days) and 3 (twice on one day)
+
+
+@pytest.mark.smoke
+def test_a_bitmap_holds_exactly_its_ids():
+    bits = bitmap([0, 7, 8, 1_000_003, 8])
+    assert bits.bit_count() == 4
+    assert [i for i in (0, 7, 8, 9, 1_000_003) if bits >> i & 1] == [0, 7, 8, 1_000_003]
+    assert bitmap([]) == 0
+
+
+async def _fresh() -> dict:
+    """The range computed with nothing stored: every day from the source tables."""
+    await MetricsDay.all().delete()
+    got = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    await MetricsDay.all().delete()
+    return got
+
+
+async def _stored_days() -> dict[date, tuple[int, int]]:
+    return {row.day: (row.version, row.built_version) for row in await MetricsDay.filter(tz=TZ.key)}
+
+
+@pytest.mark.postgres
+async def test_ended_days_are_stored_and_then_read_from_storage(world):
+    first = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    stored = await _stored_days()
+    assert sorted(stored) == [FIRST + timedelta(days=i) for i in range(7)]
+    assert all(version == built for version, built in stored.values())
+    # A stored day is what is read: alter one behind the triggers' back and it shows.
+    await connections.get("default").execute_query(
+        "UPDATE metrics_day SET issued = issued + 1000 WHERE day = $1", [date(2026, 11, 2)])
+    again = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    assert again["points"]["issued"] == first["points"]["issued"] + 1000
+
+
+@pytest.mark.postgres
+async def test_today_and_a_day_just_ended_are_computed_not_stored(world):
+    today = date(2026, 11, 7)
+    # 00:03 on the 8th: the 7th ended 3 minutes ago (inside GRACE), so it is not stored yet.
+    await metrics.compute(first=FIRST, last=today, tz=TZ, tier_keys=TIERS, now=shanghai(2026, 11, 8, 0, 3))
+    assert today not in await _stored_days() and date(2026, 11, 6) in await _stored_days()
+
+
+async def _makeup(world) -> None:
+    await Checkin.create(member=world[3], day=date(2026, 11, 4), makeup=True)
+
+
+async def _late_payment(world) -> None:
+    await _pay(90, world[3], 4000, shanghai(2026, 11, 5, 23, 0))
+
+
+async def _payer_joins(world) -> None:
+    payment = await Payment.get(transaction_id="tx-5")  # paid on the 5th by a non-member
+    await Payment.filter(id=payment.id).update(member_id=world[4].id)
+
+
+async def _ledger_redated(world) -> None:
+    entry = await LedgerEntry.filter(member_id=world[5].id).first()  # on the 8th: outside
+    await LedgerEntry.filter(id=entry.id).update(created_at=shanghai(2026, 11, 3, 8, 0))
+
+
+async def _member_backdated(world) -> None:
+    await _member(77, shanghai(2026, 11, 6, 9, 0))
+
+
+async def _bulk_checkins(world) -> None:
+    await Checkin.bulk_create([Checkin(member=world[4], day=date(2026, 11, d)) for d in (1, 2, 3)])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("late_write", [_makeup, _late_payment, _payer_joins, _ledger_redated,
+                                        _member_backdated, _bulk_checkins])
+async def test_a_late_write_on_a_stored_day_is_counted(world, late_write):
+    before = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    versions = await _stored_days()
+    await late_write(world)
+    after = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    rebuilt = await _stored_days()
+    assert any(rebuilt[day][0] > versions[day][0] for day in versions)  # the trigger bumped it
+    assert all(version == built for version, built in rebuilt.values())  # and it was rebuilt
+    assert after != before
+    assert after == await _fresh()
+
+
+@pytest.mark.postgres
+async def test_writes_on_today_leave_the_stored_days_alone(world, db):
+    await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    versions = await _stored_days()
+    await Checkin.create(member=world[1], day=date(2026, 11, 22))
+    await _pay(91, world[1], 100, datetime.now(timezone.utc))
+    await _member(78, datetime.now(timezone.utc))
+    assert await _stored_days() == versions
+
+
+@pytest.mark.postgres
+async def test_a_build_waits_for_a_writer_that_started_before_the_day_was_stored(world):
+    """The writer inserted before the day's row existed (no trigger could see it): the build
+    must not read before it commits, or the stored day would miss it for good."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def writer() -> None:
+        async with in_transaction() as tx:
+            await Checkin.create(member=world[3], day=date(2026, 11, 6), makeup=True, using_db=tx)
+            started.set()
+            await release.wait()
+
+    task = asyncio.create_task(writer())
+    await started.wait()
+    build = asyncio.create_task(metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW))
+    await asyncio.sleep(0.3)
+    assert not build.done()  # waiting for the writer
+    release.set()
+    await task
+    got = await build
+    assert got == await _fresh()
+    assert got["checkins"]["count"] == 14
+
+
+@pytest.mark.postgres
+async def test_concurrent_late_writes_and_builds_end_exact(world):
+    """Dozens of make-ups and late payments on stored days race with repeated builds: what is
+    stored at the end equals a computation from scratch."""
+    members = [await _member(100 + i, shanghai(2026, 10, 1, 9, 0)) for i in range(30)]
+
+    async def late(i: int) -> None:
+        await asyncio.sleep(i * 0.003)
+        if i % 2:
+            await Checkin.create(member=members[i], day=FIRST + timedelta(days=i % 7), makeup=True)
+        else:
+            await _pay(200 + i, members[i], 100 + i, shanghai(2026, 11, 1 + i % 7, 12, 0))
+
+    async def builds() -> None:
+        for _ in range(10):
+            await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+
+    await asyncio.gather(builds(), builds(), *(late(i) for i in range(len(members))))
+    stored = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    assert all(version == built for version, built in (await _stored_days()).values())
+    fresh = await _fresh()
+    assert stored == fresh
+    assert fresh["checkins"]["count"] == 13 + 15 and fresh["orders"]["orders"] == 3 + 15
+
+
+@pytest.mark.postgres
+async def test_refresh_builds_the_missing_ended_days_once(world):
+    now = shanghai(2026, 11, 9, 1, 0)
+    first = await metrics_days.refresh(tz=TZ, now=now, days=10)
+    assert first == {"days": 10, "current": 0, "built": 10}
+    assert sorted(await _stored_days()) == [date(2026, 10, 30) + timedelta(days=i) for i in range(10)]
+    await _makeup(world)
+    assert await metrics_days.refresh(tz=TZ, now=now, days=10) == {"days": 10, "current": 9, "built": 1}
+
+
+@pytest.mark.smoke
+@pytest.mark.sqlite
+async def test_on_sqlite_nothing_is_stored_and_refresh_is_a_no_op(world):
+    await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    assert await MetricsDay.all().count() == 0
+    assert await metrics_days.refresh(tz=TZ, now=NOW, days=30) == {"days": 0, "current": 0, "built": 0}
+    await _makeup(world)
+    got = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    assert got["checkins"]["count"] == 14
