@@ -156,7 +156,13 @@ async def db(migrated, redis_url):
     """Tortoise on the test database, emptied, for domain tests that need no HTTP."""
     await Tortoise.init(config=tortoise_config(migrated))
     await reset_state(redis_url)
+    opened = connections.all()
     yield
+    # Teardown may run in another context than setup, where Tortoise's context-local
+    # connections are not the ones opened above: close those by hand, or each test that
+    # fills its pool leaves up to DB_POOL_MAXSIZE PostgreSQL connections behind.
+    for conn in opened:
+        await conn.close()
     await Tortoise.close_connections()
 
 
