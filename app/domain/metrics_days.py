@@ -35,7 +35,9 @@ from app.domain.clock import day_start
 
 GRACE = timedelta(minutes=5)  # a day is stored this long after it ended
 BATCH_DAYS = 7  # days built (and locked) per transaction
-IN_FLIGHT_WAIT = 5.0  # seconds a build waits for older writers before computing live instead
+# Seconds a build waits for older writers to end: a call computes the day itself meanwhile,
+# the job (which has time) waits longer.
+CALL_WAIT, JOB_WAIT = 0.5, 60.0
 # For the metrics queries only (SET LOCAL): the 4 MB default work_mem makes a month's sorts
 # spill to disk; JIT compiling buys nothing on scans this short.
 PG_SETTINGS = "SET LOCAL jit = off; SET LOCAL work_mem = '64MB'"
@@ -235,12 +237,12 @@ async def _load(tz: ZoneInfo, days: list[date]) -> dict[date, DayFigures]:
     return loaded
 
 
-async def _writers_done(conn: Any) -> bool:
+async def _writers_done(conn: Any, wait: float) -> bool:
     """Wait until every transaction of this database that had written something when the
-    day rows were committed has ended; False if one outlasts IN_FLIGHT_WAIT. (A transaction
+    day rows were committed has ended; False if one outlasts `wait` seconds. (A transaction
     that writes later sees the rows, so its trigger bumps them.)"""
     since = (await conn.execute_query_dict("SELECT clock_timestamp() AS t"))[0]["t"]
-    for _ in range(int(IN_FLIGHT_WAIT / 0.01)):
+    for _ in range(max(1, int(wait / 0.01))):
         busy = await conn.execute_query_dict(
             "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
             " AND backend_xid IS NOT NULL AND xact_start < $1 LIMIT 1", [since])
@@ -250,7 +252,8 @@ async def _writers_done(conn: Any) -> bool:
     return False
 
 
-async def build(tz: ZoneInfo, days: list[date], *, advance: Callable[[int], None] = lambda n: None) -> int:
+async def build(tz: ZoneInfo, days: list[date], *, wait: float = CALL_WAIT,
+                advance: Callable[[int], None] = lambda n: None) -> int:
     """Build and store `days` (ended ones, PostgreSQL only) whose stored row is missing or out
     of date. Returns how many were built; a day is skipped if its writers cannot be waited out."""
     conn = connections.get("default")
@@ -262,7 +265,7 @@ async def build(tz: ZoneInfo, days: list[date], *, advance: Callable[[int], None
         " SELECT $1::text, d, d::timestamp AT TIME ZONE $1::text, (d + 1)::timestamp AT TIME ZONE $1::text,"
         " 1, 0, 0, 0, 0, 0, 0, 0, 0"
         " FROM unnest($2::date[]) AS d ON CONFLICT (day, tz) DO NOTHING", [tz.key, days])
-    if not await _writers_done(conn):
+    if not await _writers_done(conn, wait):
         return 0
     built = 0
     ordered = sorted(days)
@@ -325,5 +328,5 @@ async def refresh(*, tz: ZoneInfo, now: datetime, days: int,
     current = {row["day"] for row in rows}
     todo = [day for day in wanted if day not in current]
     total(len(todo))
-    built = await build(tz, todo, advance=advance)
+    built = await build(tz, todo, wait=JOB_WAIT, advance=advance)
     return {"days": len(wanted), "current": len(current), "built": built}

@@ -4,6 +4,7 @@ credited at first login, re-dated rows), also under concurrent writes and builds
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -12,8 +13,8 @@ from tortoise.transactions import in_transaction
 
 from app.domain import metrics, metrics_days
 from app.domain.metrics_days import DayFigures, bitmap
-from app.models import Checkin, LedgerEntry, Member, MetricsDay, Payment
-from tests.app.domain.test_metrics import FIRST, LAST, TIERS, TZ, _member, _pay, world  # noqa: F401
+from app.models import Checkin, LedgerEntry, MetricsDay, Payment
+from tests.app.domain.metrics_world import FIRST, LAST, TIERS, TZ, _member, _pay
 from tests.conftest import shanghai
 
 NOW = shanghai(2026, 11, 22, 10, 0)
@@ -134,10 +135,9 @@ async def test_writes_on_today_leave_the_stored_days_alone(world, db):
     assert await _stored_days() == versions
 
 
-@pytest.mark.postgres
-async def test_a_build_waits_for_a_writer_that_started_before_the_day_was_stored(world):
-    """The writer inserted before the day's row existed (no trigger could see it): the build
-    must not read before it commits, or the stored day would miss it for good."""
+@contextlib.asynccontextmanager
+async def _open_writer(world):
+    """A make-up on the 6th inserted in a transaction kept open until the block ends."""
     started, release = asyncio.Event(), asyncio.Event()
 
     async def writer() -> None:
@@ -148,14 +148,40 @@ async def test_a_build_waits_for_a_writer_that_started_before_the_day_was_stored
 
     task = asyncio.create_task(writer())
     await started.wait()
-    build = asyncio.create_task(metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW))
-    await asyncio.sleep(0.3)
-    assert not build.done()  # waiting for the writer
-    release.set()
-    await task
-    got = await build
-    assert got == await _fresh()
+    try:
+        yield
+    finally:
+        release.set()
+        await task
+
+
+DAYS = [FIRST + timedelta(days=i) for i in range(7)]
+
+
+@pytest.mark.postgres
+async def test_a_build_waits_for_a_writer_that_started_before_the_day_was_stored(world):
+    """The writer inserted before the day's row existed (no trigger could see it): the build
+    must not read before it commits, or the stored day would miss it for good."""
+    async with _open_writer(world):
+        build = asyncio.create_task(metrics_days.build(TZ, DAYS, wait=30))
+        await asyncio.sleep(0.3)
+        assert not build.done()  # waiting for the writer
+    assert await build == 7
+    got = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
     assert got["checkins"]["count"] == 14
+    assert got == await _fresh()
+
+
+@pytest.mark.postgres
+async def test_a_writer_outlasting_the_wait_leaves_the_days_unbuilt_and_the_call_computes_them(world):
+    async with _open_writer(world):
+        assert await metrics_days.build(TZ, DAYS, wait=0.1) == 0
+        during = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+        assert during["checkins"]["count"] == 13  # the open make-up is not committed yet
+        assert not any(version == built for version, built in (await _stored_days()).values())
+    after = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    assert after["checkins"]["count"] == 14
+    assert all(version == built for version, built in (await _stored_days()).values())
 
 
 @pytest.mark.postgres
