@@ -34,9 +34,7 @@ Rates are rounded to 4 decimals, null when the denominator is 0.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import operator
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -79,33 +77,49 @@ def _int(value: Any) -> int:
     return int(value or 0)
 
 
-def _union(sets: list[int]) -> int:
-    return functools.reduce(operator.or_, sets, 0)
+class Fold:
+    """A range's per-day figures folded in day order, holding a few bitmaps, not one per day.
+
+    Streaks: runs[k] holds the members checked in on each of the k+1 days ending with the
+    last day added, so runs[k] of a new day is runs[k-1] of the day before AND that day's
+    check-ins; the members with a run of k+1 days or more somewhere in the range are the union
+    of runs[k] over the days (at_least[k]). Repeat payers: paid twice on one day, or on a day
+    after one they had already paid on."""
+
+    def __init__(self) -> None:
+        self.days: list[metrics_days.DayFigures] = []  # the sums only (bitmaps dropped)
+        self.active = self.checked = self.payers = self.twice = 0
+        self.checkins = 0
+        self.runs = [0] * len(STREAK_BUCKETS)
+        self.at_least = [0] * len(STREAK_BUCKETS)
+
+    def add(self, day: metrics_days.DayFigures) -> None:
+        today = day.checked_in
+        self.runs = [today] + [before & today for before in self.runs[:-1]]
+        self.at_least = [seen | now for seen, now in zip(self.at_least, self.runs)]
+        self.checkins += today.bit_count()
+        self.checked |= today
+        self.active |= day.active
+        self.twice |= day.repeat_payers | (self.payers & day.payers)
+        self.payers |= day.payers
+        self.days.append(metrics_days.DayFigures(day.day, **{k: getattr(day, k) for k in day.SUMS}))
+
+    def sum(self, name: str) -> int:
+        return sum(getattr(day, name) for day in self.days)
+
+    def streaks(self) -> dict[str, int]:
+        """Members by their longest run of consecutive check-in days: "1".."6", "7+"."""
+        counts = [bits.bit_count() for bits in self.at_least] + [0]
+        buckets = {bucket: counts[i] - counts[i + 1] for i, bucket in enumerate(STREAK_BUCKETS[:-1])}
+        buckets[STREAK_BUCKETS[-1]] = counts[len(STREAK_BUCKETS) - 1]
+        return buckets
 
 
-def streak_counts(checked_in: list[int]) -> dict[str, int]:
-    """Members by their longest run of consecutive check-in days, from the check-in bitmaps of
-    consecutive days: runs[d] holds the members checked in on each of the k days from d, so
-    the members with a run of k or more are the union of runs over d."""
-    at_least = []
-    runs = list(checked_in)
-    for k in range(1, len(STREAK_BUCKETS) + 1):
-        if k > 1:
-            runs = [runs[d] & checked_in[d + k - 1] for d in range(len(checked_in) - k + 1)]
-        at_least.append(_union(runs).bit_count())
-    at_least.append(0)
-    buckets = {bucket: at_least[i] - at_least[i + 1] for i, bucket in enumerate(STREAK_BUCKETS[:-1])}
-    buckets[STREAK_BUCKETS[-1]] = at_least[len(STREAK_BUCKETS) - 1]
-    return buckets
-
-
-def repeat_payers(days: list[metrics_days.DayFigures]) -> int:
-    """Members with two or more paid orders in the range: two on one day, or on two days."""
-    seen = twice = 0
-    for figures in days:
-        twice |= figures.repeat_payers | (seen & figures.payers)
-        seen |= figures.payers
-    return twice.bit_count()
+async def fold(days) -> Fold:
+    folded = Fold()
+    async for day in days:
+        folded.add(day)
+    return folded
 
 
 async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str, ...],
@@ -124,7 +138,7 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
     # Tier keys are inlined: rules.TiersRule validates them as ^[a-z][a-z0-9_]{0,15}$.
     rank = " ".join(f"WHEN '{key}' THEN {i}" for i, key in enumerate(tier_keys) if key.isidentifier())
     queries = {
-        "days": metrics_days.figures(first=first, last=last, tz=tz, now=now),
+        "days": fold(metrics_days.figures(first=first, last=last, tz=tz, now=now)),
         # The current tiers (an index-only count), and the members created after the range.
         "tiers": sql.rows("SELECT tier, COUNT(*) AS n FROM member GROUP BY tier"),
         "later": sql.one(f"SELECT COUNT(*) AS n FROM member WHERE {sql.ts('created_at')} >= $1", e),
@@ -149,24 +163,22 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
             f" FROM referral WHERE {sql.within('created_at')}", s, e),
     }
     done = dict(zip(queries, await asyncio.gather(*queries.values())))
-    days: list[metrics_days.DayFigures] = done["days"]
+    days: Fold = done["days"]
 
-    new_members = [{"date": d.day.isoformat(), "count": d.new_members} for d in days]
+    new_members = [{"date": d.day.isoformat(), "count": d.new_members} for d in days.days]
     everyone = sum(_int(row["n"]) for row in done["tiers"])
     members = everyone - _int(done["later"].get("n"))
-    checked_in = [d.checked_in for d in days]
-    streaks = streak_counts(checked_in)
 
     distribution = {key: 0 for key in tier_keys}
     for row in done["tiers"]:
         distribution[row["tier"]] = distribution.get(row["tier"], 0) + _int(row["n"])
     moves = {row["direction"]: _int(row["n"]) for row in done["tier_changes"]}
 
-    pts = {k: sum(getattr(d, k) for d in days) for k in ("issued", "spent", "expired", "taken_back")}
+    pts = {k: days.sum(k) for k in ("issued", "spent", "expired", "taken_back")}
     issued, used = _int(done["coupons"].get("issued")), _int(done["coupons"].get("used"))
     face_used = _int(done["coupon_value"].get("fen"))
-    payers, repeat = _union([d.payers for d in days]).bit_count(), repeat_payers(days)
-    spend, refunds = sum(d.spend_fen for d in days), _int(done["refunds"].get("fen"))
+    payers, repeat = days.payers.bit_count(), days.twice.bit_count()
+    spend, refunds = days.sum("spend_fen"), _int(done["refunds"].get("fen"))
     net = spend - refunds
     points_fen = pts["spent"] * fen_per_point
     ref = done["referrals"]
@@ -174,10 +186,10 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
     return {
         "from": first.isoformat(), "to": last.isoformat(), "timezone": tz.key,
         "members": {"total": members, "new": sum(d["count"] for d in new_members),
-                    "active": _union([d.active for d in days]).bit_count()},
+                    "active": days.active.bit_count()},
         "new_members": new_members,
-        "checkins": {"count": sum(bits.bit_count() for bits in checked_in),
-                     "members": _union(checked_in).bit_count(), "streaks": streaks},
+        "checkins": {"count": days.checkins, "members": days.checked.bit_count(),
+                     "streaks": days.streaks()},
         "tiers": {"distribution": distribution, "upgraded": moves.get("up", 0),
                   "downgraded": moves.get("down", 0),
                   "upgrade_rate": _rate(moves.get("up", 0), members),
@@ -185,7 +197,7 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
         "points": {**pts, "consumption_rate": _rate(pts["spent"], pts["issued"])},
         "coupons": {"issued": issued, "used": used, "redemption_rate": _rate(used, issued),
                     "face_value_used_fen": face_used},
-        "orders": {"payers": payers, "repeat_payers": repeat, "orders": sum(d.orders for d in days),
+        "orders": {"payers": payers, "repeat_payers": repeat, "orders": days.sum("orders"),
                    "repurchase_rate": _rate(repeat, payers), "spend_fen": spend,
                    "refunds_fen": refunds, "net_spend_fen": net},
         "benefit": {"coupon_fen": face_used, "points_fen": points_fen, "fen_per_point": fen_per_point,

@@ -25,7 +25,7 @@ import asyncio
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable
 from zoneinfo import ZoneInfo
 
 from tortoise import connections
@@ -35,6 +35,7 @@ from app.domain.clock import day_start
 
 GRACE = timedelta(minutes=5)  # a day is stored this long after it ended
 BATCH_DAYS = 7  # days built (and locked) per transaction
+CHUNK_DAYS = 31  # days read at a time
 # Seconds a build waits for older writers to end: a call computes the day itself meanwhile,
 # the job (which has time) waits longer.
 CALL_WAIT, JOB_WAIT = 0.5, 60.0
@@ -295,20 +296,32 @@ def storable(day: date, tz: ZoneInfo, now: datetime) -> bool:
     return day_start(day + timedelta(days=1), tz) <= now - GRACE
 
 
-async def figures(*, first: date, last: date, tz: ZoneInfo, now: datetime) -> list[DayFigures]:
-    """Every day of `first`..`last`: stored where current, built and stored where it can be,
-    computed from the source tables otherwise."""
+async def _current(tz: ZoneInfo, days: list[date]) -> set[date]:
+    rows = await connections.get("default").execute_query_dict(
+        "SELECT day FROM metrics_day WHERE tz = $1 AND day = ANY($2::date[]) AND built_version = version",
+        [tz.key, days])
+    return {row["day"] for row in rows}
+
+
+async def figures(*, first: date, last: date, tz: ZoneInfo, now: datetime) -> AsyncIterator[DayFigures]:
+    """Every day of `first`..`last`, in order: stored where current, built and stored where it
+    can be, computed from the source tables otherwise. A month is read at a time, so a year's
+    range holds a month of bitmaps in memory, not a year of them."""
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     pg = connections.get("default").capabilities.dialect == "postgres"
-    found = await _load(tz, days) if pg else {}
-    missing = [day for day in days if day not in found and storable(day, tz, now)]
-    if pg and missing:
-        await build(tz, missing)
-        found.update(await _load(tz, missing))
-    rest = [day for day in days if day not in found]
-    if rest:
-        found.update(await compute_days(RangeSql(tz), rest))
-    return [found[day] for day in days]
+    if pg:
+        current = await _current(tz, days)
+        missing = [day for day in days if day not in current and storable(day, tz, now)]
+        if missing:
+            await build(tz, missing)
+    for i in range(0, len(days), CHUNK_DAYS):
+        chunk = days[i:i + CHUNK_DAYS]
+        found = await _load(tz, chunk) if pg else {}
+        rest = [day for day in chunk if day not in found]
+        if rest:
+            found.update(await compute_days(RangeSql(tz), rest))
+        for day in chunk:
+            yield found[day]
 
 
 async def refresh(*, tz: ZoneInfo, now: datetime, days: int,
@@ -322,10 +335,7 @@ async def refresh(*, tz: ZoneInfo, now: datetime, days: int,
     today = now.astimezone(tz).date()
     wanted = [today - timedelta(days=i) for i in range(days, 0, -1)]
     wanted = [day for day in wanted if storable(day, tz, now)]
-    rows = await conn.execute_query_dict(
-        "SELECT day FROM metrics_day WHERE tz = $1 AND day = ANY($2::date[]) AND built_version = version",
-        [tz.key, wanted])
-    current = {row["day"] for row in rows}
+    current = await _current(tz, wanted)
     todo = [day for day in wanted if day not in current]
     total(len(todo))
     built = await build(tz, todo, wait=JOB_WAIT, advance=advance)

@@ -24,23 +24,36 @@ def _members(*ids: int) -> int:
     return bitmap(ids)
 
 
+def _folded(checked: list[int] = (), payers: list[tuple[int, int]] = ()) -> metrics.Fold:
+    """Days from 2026-11-01 with these check-in bitmaps or (payers, repeat payers) bitmaps."""
+    folded = metrics.Fold()
+    for i, bits in enumerate(checked):
+        folded.add(DayFigures(date(2026, 11, 1) + timedelta(days=i), checked_in=bits))
+    for i, (paid, twice) in enumerate(payers):
+        folded.add(DayFigures(date(2026, 11, 1) + timedelta(days=i), payers=paid, repeat_payers=twice))
+    return folded
+
+
 @pytest.mark.smoke
 def test_streaks_are_the_longest_run_of_consecutive_days_per_member():
     # member 1: days 0-6 (7), member 2: days 0-1 and 3-5 (longest 3), member 3: day 2 only,
     # member 4: days 0-7 (8, so 7+), member 5: never.
     days = [_members(1, 2, 4), _members(1, 2, 4), _members(1, 3, 4), _members(1, 2, 4),
             _members(1, 2, 4), _members(1, 2, 4), _members(1, 4), _members(4)]
-    assert metrics.streak_counts(days) == {"1": 1, "2": 0, "3": 1, "4": 0, "5": 0, "6": 0, "7+": 2}
-    assert metrics.streak_counts([]) == dict.fromkeys(metrics.STREAK_BUCKETS, 0)
-    assert metrics.streak_counts([_members(9)]) == {**dict.fromkeys(metrics.STREAK_BUCKETS, 0), "1": 1}
+    folded = _folded(days)
+    assert folded.streaks() == {"1": 1, "2": 0, "3": 1, "4": 0, "5": 0, "6": 0, "7+": 2}
+    assert folded.checkins == 3 + 3 + 3 + 3 + 3 + 3 + 2 + 1 and folded.checked.bit_count() == 4
+    assert _folded([]).streaks() == dict.fromkeys(metrics.STREAK_BUCKETS, 0)
+    assert _folded([_members(9)]).streaks() == {**dict.fromkeys(metrics.STREAK_BUCKETS, 0), "1": 1}
+    # A gap day breaks every run; a run may end on the range's last day.
+    assert _folded([_members(1), 0, _members(1), _members(1)]).streaks()["2"] == 1
 
 
 @pytest.mark.smoke
 def test_repeat_payers_need_two_orders_on_one_day_or_on_two_days():
-    days = [DayFigures(date(2026, 11, 1), payers=_members(1, 2, 3), repeat_payers=_members(3)),
-            DayFigures(date(2026, 11, 2), payers=_members(2, 4)),
-            DayFigures(date(2026, 11, 3), payers=_members(5))]
-    assert metrics.repeat_payers(days) == 2  # 2 (two days) and 3 (twice on one day)
+    folded = _folded(payers=[(_members(1, 2, 3), _members(3)), (_members(2, 4), 0), (_members(5), 0)])
+    assert folded.twice.bit_count() == 2  # 2 (two days) and 3 (twice on one day)
+    assert folded.payers.bit_count() == 5
 
 
 @pytest.mark.smoke
@@ -228,3 +241,14 @@ async def test_on_sqlite_nothing_is_stored_and_refresh_is_a_no_op(world):
     await _makeup(world)
     got = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
     assert got["checkins"]["count"] == 14
+
+
+@pytest.mark.smoke
+async def test_a_range_longer_than_a_chunk_reads_every_day_once(world):
+    first, last = date(2026, 10, 1), date(2026, 12, 5)  # 66 days: three chunks of reading
+    got = await metrics.compute(first=first, last=last, tz=TZ, tier_keys=TIERS, now=NOW)
+    assert [d["date"] for d in got["new_members"]] == [
+        (first + timedelta(days=i)).isoformat() for i in range(66)]
+    assert got["members"]["new"] == 6  # every member of the fixture
+    assert got["checkins"]["count"] == 14 and got["checkins"]["streaks"]["7+"] == 1  # m1: Oct 31-Nov 7
+    assert got["points"]["issued"] == 200  # all ledger credits, Oct 31 and Nov 8 included
