@@ -70,6 +70,44 @@ _CARD_PUSHES_SQL = {
 }
 
 
+# PostgreSQL does a chunk's work in one statement after the lock: the due lots are read once
+# (one pass over the chunk's id range) and every step joins them by primary key, where the
+# statements above each scan the range again. Data-modifying CTEs all see the statement's
+# snapshot: `due` is read before any of them writes, which the member lock makes safe.
+_EXPIRE_CHUNK_PG = f"""
+WITH due AS MATERIALIZED (
+    SELECT id, member_id, remaining FROM ledger_entry WHERE {_DUE}
+), posted AS (
+    INSERT INTO ledger_entry (member_id, delta, growth_delta, reason, idempotency_key, remaining,
+                              note, created_at)
+    SELECT member_id, -remaining, 0, 'expire', 'expire:' || id, 0, '', $4 FROM due ORDER BY id
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, member_id, delta
+), debited AS (
+    UPDATE member SET points = member.points - owed.total
+    FROM (SELECT member_id, SUM(remaining) AS total FROM due GROUP BY member_id) AS owed
+    WHERE member.id = owed.member_id
+    RETURNING 1
+), cleared AS (
+    UPDATE ledger_entry SET remaining = 0 FROM due WHERE ledger_entry.id = due.id
+    RETURNING 1
+), pushed AS (
+    INSERT INTO outbox_message ("key", channel, kind, member_id, payload, status, attempts,
+                                next_attempt_at, created_at)
+    SELECT 'card:' || posted.id, 'card', 'bonus', posted.member_id,
+           jsonb_build_object('add_bonus', posted.delta, 'record_bonus', $5::text), 'pending', 0,
+           $6::timestamptz, $7::timestamptz
+    FROM posted JOIN member ON member.id = posted.member_id AND member.card_code IS NOT NULL
+    ORDER BY posted.id
+    ON CONFLICT ("key") DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT COUNT(*) FROM posted) AS posted, (SELECT COUNT(*) FROM cleared) AS cleared,
+       (SELECT COUNT(*) FROM debited) AS debited, (SELECT COUNT(*) FROM pushed) AS pushed,
+       (SELECT COALESCE(SUM(remaining), 0) FROM due) AS s, (SELECT COUNT(DISTINCT member_id) FROM due) AS m
+"""
+
+
 def _sql(conn: BaseDBAsyncClient, text: str) -> str:
     # The statements are written with PostgreSQL's $n; SQLite spells the same numbered parameter ?n.
     return text if conn.capabilities.dialect == "postgres" else text.replace("$", "?")
@@ -138,15 +176,21 @@ async def expire_due(*, now: datetime, chunk: int = CHUNK, total=lambda n: None,
         params = [low, high, at]
         async with in_transaction() as tx:
             if tx.capabilities.dialect == "postgres":
-                await tx.execute_query(_sql(tx, _LOCK_MEMBERS_PG), params)
-            posted = await _post_entries(tx, params + [_param(tx, now)])
-            _, sums = await tx.execute_query(_sql(tx, f"SELECT COALESCE(SUM(remaining), 0) AS s, "
-                                                      f"COUNT(DISTINCT member_id) AS m "
-                                                      f"FROM ledger_entry WHERE {_DUE}"), params)
+                await tx.execute_query(_LOCK_MEMBERS_PG, params)
+                created = utcnow()
+                _, rows = await tx.execute_query(_EXPIRE_CHUNK_PG, params + [
+                    now, card.record_text("expire"), min(created, now.astimezone(timezone.utc)), created])
+                sums = [dict(rows[0])]
+                posted, cleared = int(sums[0]["posted"]), int(sums[0]["cleared"])
+            else:
+                posted = await _post_entries(tx, params + [_param(tx, now)])
+                _, sums = await tx.execute_query(_sql(tx, f"SELECT COALESCE(SUM(remaining), 0) AS s, "
+                                                          f"COUNT(DISTINCT member_id) AS m "
+                                                          f"FROM ledger_entry WHERE {_DUE}"), params)
+                await _queue_card_pushes(tx, params, now)
+                await tx.execute_query(_sql(tx, _DEBIT_MEMBERS), params)
+                cleared, _ = await tx.execute_query(_sql(tx, _CLEAR_LOTS), params)
             members = int(dict(sums[0])["m"])
-            await _queue_card_pushes(tx, params, now)
-            await tx.execute_query(_sql(tx, _DEBIT_MEMBERS), params)
-            cleared, _ = await tx.execute_query(_sql(tx, _CLEAR_LOTS), params)
             if posted != cleared:
                 # Only possible if an `expire:` entry exists for a lot that still has points:
                 # refuse rather than leave the invariant broken.
