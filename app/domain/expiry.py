@@ -45,31 +45,19 @@ _CLEAR_LOTS = f"UPDATE ledger_entry SET remaining = 0 WHERE {_DUE}"
 # The card bonus push (app/domain/card.py `enqueue`, issue 4) of each expire entry just posted
 # for a member holding a card: found through the chunk's lots (before they are cleared) and the
 # entry's unique key, keyed `card:{entry.id}` so a retried chunk queues nothing twice, inserted
-# in entry order since the outbox sends a member's card messages by id.
-_CARD_PUSHES = """
-{insert} INTO outbox_message ("key", channel, kind, member_id, payload, status, attempts,
-                              next_attempt_at, created_at)
-SELECT 'card:' || posted.id, 'card', 'bonus', posted.member_id, {payload}, 'pending', 0, {due}, {created}
+# in entry order since the outbox sends a member's card messages by id. The payload exactly as
+# card.enqueue writes it: {"add_bonus": delta, "record_bonus": text}.
+_CARD_PUSHES_SQLITE = """
+INSERT OR IGNORE INTO outbox_message ("key", channel, kind, member_id, payload, status, attempts,
+                                      next_attempt_at, created_at)
+SELECT 'card:' || posted.id, 'card', 'bonus', posted.member_id,
+       json_object('add_bonus', posted.delta, 'record_bonus', ?4), 'pending', 0, ?5, ?6
 FROM ledger_entry AS lot
 JOIN member ON member.id = lot.member_id AND member.card_code IS NOT NULL
 JOIN ledger_entry AS posted ON posted.idempotency_key = 'expire:' || lot.id
-WHERE lot.id > $1 AND lot.id <= $2 AND lot.remaining > 0 AND lot.expires_at <= $3
+WHERE lot.id > ?1 AND lot.id <= ?2 AND lot.remaining > 0 AND lot.expires_at <= ?3
 ORDER BY posted.id
-{conflict}
 """
-_CARD_PUSHES_SQL = {
-    # The payload exactly as card.enqueue writes it: {"add_bonus": delta, "record_bonus": text}.
-    "postgres": _CARD_PUSHES.format(
-        insert="INSERT", conflict='ON CONFLICT ("key") DO NOTHING',
-        payload="jsonb_build_object('add_bonus', posted.delta, 'record_bonus', $4::text)",
-        due="$5::timestamptz", created="$6::timestamptz"),
-    "sqlite": _CARD_PUSHES.format(
-        insert="INSERT OR IGNORE", conflict="",
-        payload="json_object('add_bonus', posted.delta, 'record_bonus', ?4)",
-        due="?5", created="?6").replace("$", "?"),
-}
-
-
 # PostgreSQL does a chunk's work in one statement after the lock: the due lots are read once
 # (one pass over the chunk's id range) and every step joins them by primary key, where the
 # statements above each scan the range again. Data-modifying CTEs all see the statement's
@@ -119,23 +107,25 @@ def _param(conn: BaseDBAsyncClient, moment: datetime):
     return moment if conn.capabilities.dialect == "postgres" else moment.isoformat(" ")
 
 
-async def _post_entries(tx: BaseDBAsyncClient, params: list) -> int:
-    if tx.capabilities.dialect == "postgres":
-        # Tortoise reports no row count for a bare INSERT on asyncpg: count what RETURNING gives.
-        _, rows = await tx.execute_query(
-            f"WITH posted AS ({_POST_ENTRIES} RETURNING 1) SELECT COUNT(*) AS n FROM posted", params)
-        return int(dict(rows[0])["n"])
-    count, _ = await tx.execute_query(_sql(tx, _POST_ENTRIES), params)
-    return count
-
-
-async def _queue_card_pushes(tx: BaseDBAsyncClient, params: list, now: datetime) -> None:
-    # As card.enqueue: created at the wall clock, due at the earlier of it and the run's `now`
-    # (a hand run for a past day is due at once too), both UTC like every outbox time.
+def _card_push_times(now: datetime) -> tuple[datetime, datetime]:
+    """As card.enqueue: created at the wall clock, due at the earlier of it and the run's `now`
+    (a hand run for a past day is due at once too), both UTC like every outbox time."""
     created = utcnow()
-    due = min(created, now.astimezone(timezone.utc))
-    await tx.execute_query(_CARD_PUSHES_SQL[tx.capabilities.dialect],
+    return min(created, now.astimezone(timezone.utc)), created
+
+
+async def _expire_chunk_sqlite(tx: BaseDBAsyncClient, params: list, now: datetime) -> tuple[int, int, dict]:
+    """SQLite (one writer at a time): the chunk's steps as separate statements."""
+    posted, _ = await tx.execute_query(_sql(tx, _POST_ENTRIES), params + [_param(tx, now)])
+    _, sums = await tx.execute_query(_sql(tx, f"SELECT COALESCE(SUM(remaining), 0) AS s, "
+                                              f"COUNT(DISTINCT member_id) AS m FROM ledger_entry WHERE {_DUE}"),
+                                     params)
+    due, created = _card_push_times(now)
+    await tx.execute_query(_CARD_PUSHES_SQLITE,
                            params + [card.record_text("expire"), _param(tx, due), _param(tx, created)])
+    await tx.execute_query(_sql(tx, _DEBIT_MEMBERS), params)
+    cleared, _ = await tx.execute_query(_sql(tx, _CLEAR_LOTS), params)
+    return posted, cleared, dict(sums[0])
 
 
 @dataclass
@@ -177,25 +167,18 @@ async def expire_due(*, now: datetime, chunk: int = CHUNK, total=lambda n: None,
         async with in_transaction() as tx:
             if tx.capabilities.dialect == "postgres":
                 await tx.execute_query(_LOCK_MEMBERS_PG, params)
-                created = utcnow()
-                _, rows = await tx.execute_query(_EXPIRE_CHUNK_PG, params + [
-                    now, card.record_text("expire"), min(created, now.astimezone(timezone.utc)), created])
-                sums = [dict(rows[0])]
-                posted, cleared = int(sums[0]["posted"]), int(sums[0]["cleared"])
+                _, rows = await tx.execute_query(
+                    _EXPIRE_CHUNK_PG, params + [now, card.record_text("expire"), *_card_push_times(now)])
+                sums = dict(rows[0])
+                posted, cleared = int(sums["posted"]), int(sums["cleared"])
             else:
-                posted = await _post_entries(tx, params + [_param(tx, now)])
-                _, sums = await tx.execute_query(_sql(tx, f"SELECT COALESCE(SUM(remaining), 0) AS s, "
-                                                          f"COUNT(DISTINCT member_id) AS m "
-                                                          f"FROM ledger_entry WHERE {_DUE}"), params)
-                await _queue_card_pushes(tx, params, now)
-                await tx.execute_query(_sql(tx, _DEBIT_MEMBERS), params)
-                cleared, _ = await tx.execute_query(_sql(tx, _CLEAR_LOTS), params)
-            members = int(dict(sums[0])["m"])
+                posted, cleared, sums = await _expire_chunk_sqlite(tx, params, now)
+            members = int(sums["m"])
             if posted != cleared:
                 # Only possible if an `expire:` entry exists for a lot that still has points:
                 # refuse rather than leave the invariant broken.
                 raise RuntimeError(f"expiry of lots ({low}, {high}]: {posted} entries for {cleared} lots")
-        amount = int(dict(sums[0])["s"])
+        amount = int(sums["s"])
         result.lots += cleared
         result.points += amount
         result.members += members
