@@ -192,31 +192,30 @@ async def compute_days(sql: RangeSql, days: list[date]) -> dict[date, DayFigures
         else:
             ledger, checkins, payments, joined = await asyncio.gather(*queries)
 
+        def each(rows: list[dict]):
+            """The rows of the wanted days, with the day's figures."""
+            for row in rows:
+                figures = found.get(as_date(row["day"]))
+                if figures is not None:
+                    yield figures, row
+
         active: dict[date, list[int]] = {}
-        for row in ledger:
-            figures = found.get(as_date(row["day"]))
-            if figures is not None:
-                active.setdefault(figures.day, []).extend(sql.id_list(row["members"]))
-                for name in ("issued", "spent", "expired", "taken_back"):
-                    setattr(figures, name, int(row[name] or 0))
-        for row in checkins:
-            figures = found.get(as_date(row["day"]))
-            if figures is not None:
-                checked = sql.id_list(row["members"])
-                active.setdefault(figures.day, []).extend(checked)
-                figures.checked_in = bitmap(checked)
-        for row in payments:
-            figures = found.get(as_date(row["day"]))
-            if figures is not None:
-                payers = sql.id_list(row["payers"])
-                active.setdefault(figures.day, []).extend(payers)
-                figures.payers = bitmap(payers)
-                figures.repeat_payers = bitmap(sql.id_list(row["repeaters"]))
-                figures.orders, figures.spend_fen = int(row["orders"] or 0), int(row["fen"] or 0)
-        for row in joined:
-            figures = found.get(as_date(row["day"]))
-            if figures is not None:
-                figures.new_members = int(row["n"])
+        for figures, row in each(ledger):
+            active.setdefault(figures.day, []).extend(sql.id_list(row["members"]))
+            for name in ("issued", "spent", "expired", "taken_back"):
+                setattr(figures, name, int(row[name] or 0))
+        for figures, row in each(checkins):
+            checked = sql.id_list(row["members"])
+            active.setdefault(figures.day, []).extend(checked)
+            figures.checked_in = bitmap(checked)
+        for figures, row in each(payments):
+            payers = sql.id_list(row["payers"])
+            active.setdefault(figures.day, []).extend(payers)
+            figures.payers = bitmap(payers)
+            figures.repeat_payers = bitmap(sql.id_list(row["repeaters"]))
+            figures.orders, figures.spend_fen = int(row["orders"] or 0), int(row["fen"] or 0)
+        for figures, row in each(joined):
+            figures.new_members = int(row["n"])
         for day, seen in active.items():
             found[day].active = bitmap(seen)
     return found
