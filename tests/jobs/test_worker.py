@@ -85,7 +85,7 @@ async def test_run_worker_fires_the_outbox_and_stops_on_request(settings, sim_st
     registry.JOBS["test_fake"] = Job(name="test_fake", run=job.run, schedule={"second": "*"}, help="test")
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run_worker(settings, stop=stop))
-    for _ in range(50):
+    for _ in range(150):  # an every-second job: it runs within ~1 s, or 15 s on a loaded machine
         await asyncio.sleep(0.1)
         if runs:
             break
