@@ -132,14 +132,12 @@ def cmd_jobs_run(settings: Settings, args) -> int:
 
 def cmd_ledger_verify(settings: Settings, args) -> int:
     from tqdm import tqdm
-    from tortoise import Tortoise
 
     from app import ledger_check
-    from app.db import tortoise_config
+    from app.db import orm
 
     async def run() -> int:
-        await Tortoise.init(config=tortoise_config(settings.database_url))
-        try:
+        async with orm(settings.database_url):
             count, low, high = await ledger_check.member_id_range()
             broken = 0
             with tqdm(total=count, unit="member", disable=args.quiet) as bar:
@@ -151,8 +149,6 @@ def cmd_ledger_verify(settings: Settings, args) -> int:
                                    f"{item.entries_sum}, unspent lots {item.remaining_sum}")
             print(f"checked {count} members: {broken} broken")
             return 1 if broken else 0
-        finally:
-            await Tortoise.close_connections()
 
     return asyncio.run(run())
 

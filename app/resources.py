@@ -8,10 +8,8 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
-from tortoise import Tortoise, connections
 
-from app import keys
-from app.db import tortoise_config
+from app import db, keys
 from app.domain import rules
 
 log = logging.getLogger("app.resources")
@@ -21,15 +19,9 @@ async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.settings_key]
     if settings.database_url.startswith("sqlite://"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    await Tortoise.init(config=tortoise_config(settings.database_url))
-    rules.forget()
-    opened = connections.all()
-    yield
-    # Tortoise keeps its connections per context, and cleanup may run in another context than
-    # startup (it does under pytest-aiohttp): close the pools opened here by hand.
-    for conn in opened:
-        await conn.close()
-    await Tortoise.close_connections()
+    async with db.orm(settings.database_url):
+        rules.forget()
+        yield
 
 
 async def start_embedded_redis(data_dir) -> tuple[object, str]:

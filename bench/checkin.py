@@ -25,16 +25,11 @@ APPID, SECRET = "wx-bench-mp", "bench-secret"
 
 async def set_loose_limits(database_url: str, members: int) -> None:
     """One client address logs every member in: lift the per-IP login limit for the run."""
-    import asyncpg
-
     from app.domain.rules import LimitsRule
 
     limits = LimitsRule(login_per_ip_per_minute=members * 10).model_dump(mode="json")
-    conn = await asyncpg.connect(database_url.replace("postgres://", "postgresql://", 1))
-    try:
+    async with harness.pg_connection(database_url) as conn:
         await conn.execute("UPDATE rule SET value = $1::jsonb WHERE key = 'limits'", json.dumps(limits))
-    finally:
-        await conn.close()
 
 
 async def main(args: argparse.Namespace) -> int:

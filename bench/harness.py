@@ -45,14 +45,21 @@ def services_from_env() -> tuple[str, str]:
     return base_db, base_redis
 
 
-async def pg_admin(url: str, sql: str) -> None:
+@contextlib.asynccontextmanager
+async def pg_connection(url: str):
+    """A plain asyncpg connection to a DATABASE_URL (postgres://...), closed after the block."""
     import asyncpg
 
     conn = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
     try:
-        await conn.execute(sql)
+        yield conn
     finally:
         await conn.close()
+
+
+async def pg_admin(url: str, sql: str) -> None:
+    async with pg_connection(url) as conn:
+        await conn.execute(sql)
 
 
 @contextlib.asynccontextmanager
@@ -66,16 +73,17 @@ async def fresh_database(base_url: str, prefix: str) -> AsyncIterator[str]:
         await pg_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def claim_redis(base: str) -> str:
-    """A Redis database number nobody else (tests, other benches) is using."""
+async def claim_redis(base: str, *, owner: str = "", numbers: Iterable[int] = range(15, 0, -1)) -> str:
+    """A Redis database number nobody else (test runs, other benches) is using: the first of
+    `numbers` whose claim key this run can set (benches count down from 15, tests up from 1)."""
     from redis.asyncio import Redis
 
     parts = urlsplit(base)
-    for number in range(15, 0, -1):
+    for number in numbers:
         url = urlunsplit(parts._replace(path=f"/{number}"))
         client = Redis.from_url(url)
         try:
-            if await client.set("members-test:claim", f"bench-{os.getpid()}", nx=True, ex=3600):
+            if await client.set("members-test:claim", owner or f"bench-{os.getpid()}", nx=True, ex=3600):
                 return url
         finally:
             await client.aclose()

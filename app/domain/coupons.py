@@ -13,8 +13,9 @@ from datetime import date, datetime, timedelta, timezone
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
+from app.domain import members
 from app.errors import Conflict, NotFound
-from app.models import AuditLog, Coupon, CouponTemplate
+from app.models import AuditLog, Coupon, CouponTemplate, Member
 
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # 31 symbols: 12 of them are ~59 bits
 CODE_LENGTH = 12
@@ -174,8 +175,6 @@ async def issue_tier_monthly(*, rules, month: str, now: datetime, tz, chunk: int
     issue_key `tier_monthly:{member}:{YYYY-MM}:{n}` for the n-th coupon of that month; each
     member who got coupons is told once (kind "coupon", period YYYY-MM).
     """
-    from app.models import Member
-
     grants_rule = rules.tier_coupons.grants
     templates = {}
     for tier, grant in grants_rule.items():
@@ -190,12 +189,7 @@ async def issue_tier_monthly(*, rules, month: str, now: datetime, tz, chunk: int
         return summary
     query = Member.filter(tier__in=list(templates))
     total(await query.count())
-    last = 0
-    while True:
-        rows = await query.filter(id__gt=last).order_by("id").limit(chunk).values_list("id", "tier")
-        if not rows:
-            break
-        last = rows[-1][0]
+    async for rows in members.in_batches(query, size=chunk):
         by_tier: dict[str, list[int]] = {}
         for member_id, tier in rows:
             by_tier.setdefault(tier, []).append(member_id)

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
+from app.domain import members
 from app.domain.clock import add_months, day_start
 from app.domain.rules import Rules
 from app.models import Member, TierChange
@@ -50,12 +51,7 @@ async def downgrade_inactive(*, rules: Rules, today: date, now: datetime, tz: Zo
     query = Member.filter(_idle(cutoff), tier__in=list(below))
     total(await query.count())
     summary = {"seen": 0, "sent": 0, "skipped": 0, "failed": 0, "downgraded": 0}
-    last = 0
-    while True:
-        rows = await query.filter(id__gt=last).order_by("id").limit(chunk).values_list("id", "tier")
-        if not rows:
-            break
-        last = rows[-1][0]
+    async for rows in members.in_batches(query, size=chunk):
         async with in_transaction() as tx:
             ids = [r[0] for r in rows]
             locked = await Member.filter(_idle(cutoff), id__in=ids, tier__in=list(below)) \

@@ -61,7 +61,8 @@ ORDER BY posted.id
 # PostgreSQL does a chunk's work in one statement after the lock: the due lots are read once
 # (one pass over the chunk's id range) and every step joins them by primary key, where the
 # statements above each scan the range again. Data-modifying CTEs all see the statement's
-# snapshot: `due` is read before any of them writes, which the member lock makes safe.
+# snapshot: `due` is read before any of them writes, which the member lock makes safe. Each
+# runs whether or not the final SELECT reads it.
 _EXPIRE_CHUNK_PG = f"""
 WITH due AS MATERIALIZED (
     SELECT id, member_id, remaining FROM ledger_entry WHERE {_DUE}
@@ -75,7 +76,6 @@ WITH due AS MATERIALIZED (
     UPDATE member SET points = member.points - owed.total
     FROM (SELECT member_id, SUM(remaining) AS total FROM due GROUP BY member_id) AS owed
     WHERE member.id = owed.member_id
-    RETURNING 1
 ), cleared AS (
     UPDATE ledger_entry SET remaining = 0 FROM due WHERE ledger_entry.id = due.id
     RETURNING 1
@@ -88,10 +88,8 @@ WITH due AS MATERIALIZED (
     FROM posted JOIN member ON member.id = posted.member_id AND member.card_code IS NOT NULL
     ORDER BY posted.id
     ON CONFLICT ("key") DO NOTHING
-    RETURNING 1
 )
 SELECT (SELECT COUNT(*) FROM posted) AS posted, (SELECT COUNT(*) FROM cleared) AS cleared,
-       (SELECT COUNT(*) FROM debited) AS debited, (SELECT COUNT(*) FROM pushed) AS pushed,
        (SELECT COALESCE(SUM(remaining), 0) FROM due) AS s, (SELECT COUNT(DISTINCT member_id) FROM due) AS m
 """
 

@@ -6,6 +6,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import AsyncIterator
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
@@ -134,6 +135,19 @@ async def _register(*, redis: Redis, rules: Rules, appid: str, openid: str, unio
             if existing is not None:
                 return existing, False
     raise DomainError("could not allocate an invite code", code="internal_error", status=500)
+
+
+async def in_batches(query, *, size: int) -> AsyncIterator[list[tuple[int, str]]]:
+    """The members of `query` as (id, tier) rows, `size` at a time in id order. Keyset paging
+    (each batch starts after the last id): a member whose row changes meanwhile is neither
+    skipped nor seen twice, and no batch re-reads the ones before it."""
+    last = 0
+    while True:
+        rows = await query.filter(id__gt=last).order_by("id").limit(size).values_list("id", "tier")
+        if not rows:
+            return
+        last = rows[-1][0]
+        yield rows
 
 
 async def get(member_id: int) -> Member:

@@ -87,7 +87,8 @@ class Fold:
     after one they had already paid on."""
 
     def __init__(self) -> None:
-        self.days: list[metrics_days.DayFigures] = []  # the sums only (bitmaps dropped)
+        self.new_members: list[dict] = []  # per day: {"date", "count"}
+        self.sums = dict.fromkeys(metrics_days.DayFigures.SUMS, 0)
         self.active = self.checked = self.payers = self.twice = 0
         self.checkins = 0
         self.runs = [0] * len(STREAK_BUCKETS)
@@ -102,10 +103,9 @@ class Fold:
         self.active |= day.active
         self.twice |= day.repeat_payers | (self.payers & day.payers)
         self.payers |= day.payers
-        self.days.append(metrics_days.DayFigures(day.day, **{k: getattr(day, k) for k in day.SUMS}))
-
-    def sum(self, name: str) -> int:
-        return sum(getattr(day, name) for day in self.days)
+        self.new_members.append({"date": day.day.isoformat(), "count": day.new_members})
+        for name in self.sums:
+            self.sums[name] += getattr(day, name)
 
     def streaks(self) -> dict[str, int]:
         """Members by their longest run of consecutive check-in days: "1".."6", "7+"."""
@@ -165,7 +165,7 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
     done = dict(zip(queries, await asyncio.gather(*queries.values())))
     days: Fold = done["days"]
 
-    new_members = [{"date": d.day.isoformat(), "count": d.new_members} for d in days.days]
+    new_members = days.new_members
     everyone = sum(_int(row["n"]) for row in done["tiers"])
     members = everyone - _int(done["later"].get("n"))
 
@@ -174,11 +174,11 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
         distribution[row["tier"]] = distribution.get(row["tier"], 0) + _int(row["n"])
     moves = {row["direction"]: _int(row["n"]) for row in done["tier_changes"]}
 
-    pts = {k: days.sum(k) for k in ("issued", "spent", "expired", "taken_back")}
+    pts = {k: days.sums[k] for k in ("issued", "spent", "expired", "taken_back")}
     issued, used = _int(done["coupons"].get("issued")), _int(done["coupons"].get("used"))
     face_used = _int(done["coupon_value"].get("fen"))
     payers, repeat = days.payers.bit_count(), days.twice.bit_count()
-    spend, refunds = days.sum("spend_fen"), _int(done["refunds"].get("fen"))
+    spend, refunds = days.sums["spend_fen"], _int(done["refunds"].get("fen"))
     net = spend - refunds
     points_fen = pts["spent"] * fen_per_point
     ref = done["referrals"]
@@ -197,7 +197,7 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
         "points": {**pts, "consumption_rate": _rate(pts["spent"], pts["issued"])},
         "coupons": {"issued": issued, "used": used, "redemption_rate": _rate(used, issued),
                     "face_value_used_fen": face_used},
-        "orders": {"payers": payers, "repeat_payers": repeat, "orders": days.sum("orders"),
+        "orders": {"payers": payers, "repeat_payers": repeat, "orders": days.sums["orders"],
                    "repurchase_rate": _rate(repeat, payers), "spend_fen": spend,
                    "refunds_fen": refunds, "net_spend_fen": net},
         "benefit": {"coupon_fen": face_used, "points_fen": points_fen, "fen_per_point": fen_per_point,

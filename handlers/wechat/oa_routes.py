@@ -6,6 +6,7 @@ DomainError becomes a text reply with its message (handlers/wechat/oa.py).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,12 +54,22 @@ class OAContext:
         return self._member
 
 
+def members_only(handler):
+    """A handler for members: it gets the member as a third argument; a follower who is not
+    a member yet is told how to become one instead."""
+    @functools.wraps(handler)
+    async def guarded(msg: OAMessage, ctx: OAContext):
+        member = await ctx.member(msg)
+        if member is None:
+            return NOT_A_MEMBER
+        return await handler(msg, ctx, member)
+    return guarded
+
+
 @router.click("CHECKIN")
 @router.text("签到", "checkin")
-async def on_checkin(msg: OAMessage, ctx: OAContext) -> str:
-    member = await ctx.member(msg)
-    if member is None:
-        return NOT_A_MEMBER
+@members_only
+async def on_checkin(msg: OAMessage, ctx: OAContext, member: Member) -> str:
     settings = ctx.app[keys.settings_key]
     result = await checkin.check_in(redis=ctx.app[keys.redis_key], rules=await rules.load(),
                                     member_id=member.id, now=ctx.now, tz=settings.tz)
@@ -71,10 +82,8 @@ async def on_checkin(msg: OAMessage, ctx: OAContext) -> str:
 
 @router.click("MY_POINTS")
 @router.text("积分", "points")
-async def on_points(msg: OAMessage, ctx: OAContext) -> str:
-    member = await ctx.member(msg)
-    if member is None:
-        return NOT_A_MEMBER
+@members_only
+async def on_points(msg: OAMessage, ctx: OAContext, member: Member) -> str:
     s = await followers.points_summary(member=member, rules=await rules.load(), now=ctx.now)
     lines = [f"当前积分：{s.balance}", f"会员等级：{s.tier_name}"]
     if s.next_tier_name:
@@ -89,10 +98,8 @@ async def on_points(msg: OAMessage, ctx: OAContext) -> str:
 
 @router.click("MY_CARD")
 @router.text("会员卡", "card")
-async def on_card(msg: OAMessage, ctx: OAContext) -> str:
-    member = await ctx.member(msg)
-    if member is None:
-        return NOT_A_MEMBER
+@members_only
+async def on_card(msg: OAMessage, ctx: OAContext, member: Member) -> str:
     tier = (await rules.load()).tier(member.tier)
     if member.card_code:
         return f"会员卡已在微信卡包中：会员号 {member.id}，{tier.name}，积分 {member.points}。"
@@ -103,10 +110,8 @@ async def on_card(msg: OAMessage, ctx: OAContext) -> str:
 
 @router.click("INVITE")
 @router.text("邀请", "invite")
-async def on_invite(msg: OAMessage, ctx: OAContext) -> str:
-    member = await ctx.member(msg)
-    if member is None:
-        return NOT_A_MEMBER
+@members_only
+async def on_invite(msg: OAMessage, ctx: OAContext, member: Member) -> str:
     return (f"你的邀请码：{member.invite_code}\n"
             f"把小程序页面 {INVITE_PAGE}?invite_code={member.invite_code} 分享给好友，"
             "好友首单支付后你们各得积分。")
@@ -150,10 +155,8 @@ async def on_user_get_card(msg: OAMessage, ctx: OAContext) -> None:
 
 
 @router.event("submit_membercard_user_info")
-async def on_card_activation(msg: OAMessage, ctx: OAContext) -> str | None:
-    member = await ctx.member(msg)
-    if member is None:
-        return NOT_A_MEMBER
+@members_only
+async def on_card_activation(msg: OAMessage, ctx: OAContext, member: Member) -> str | None:
     today = business_day(ctx.now, ctx.app[keys.settings_key].tz)
     member = await card.activate(wechat=ctx.wechat, member_id=member.id, activate_ticket=msg.activate_ticket,
                                  code=msg.user_card_code, card_id=msg.card_id, today=today)
