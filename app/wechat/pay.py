@@ -60,7 +60,7 @@ class Notification:
     resource_type: str
     summary: str
     resource: dict[str, Any]
-    nonce: str  # the Wechatpay-Nonce header, for the caller's replay check
+    nonce: str  # the Wechatpay-Nonce header (exactly-once rests on transaction_id / refund_id)
 
 
 # -- keys ---------------------------------------------------------------------------------------

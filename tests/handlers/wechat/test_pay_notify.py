@@ -197,13 +197,38 @@ async def test_rejected_notifications_store_nothing(client, login, clock, case):
     await nothing_stored()
 
 
-async def test_replayed_nonce_refused(client, login, clock):
-    await login("o-replay")
+async def test_redelivered_notification_is_acknowledged_and_changes_nothing(client, login, clock):
+    """The same delivery again (same nonce: our 204 was lost) is a 204, not a 401 WeChat retries for a day."""
+    member = await login("o-replay")
     h, b, _ = signed_payment(openid="o-replay", fen=1_000, timestamp=int(clock.now().timestamp()))
     assert (await post_signed(client, h, b)).status == 204
     resp = await post_signed(client, h, b)
-    assert resp.status == 401 and (await resp.json())["message"] == "replayed_nonce"
+    assert resp.status == 204, await resp.text()
     assert await LedgerEntry.filter(reason="purchase").count() == 1
+    assert (await Member.get(id=member.id)).points == 10
+
+
+async def test_thirty_concurrent_redeliveries_of_one_notification_apply_once(client, login, clock):
+    member = await login("o-redeliver")
+    h, b, tid = signed_payment(openid="o-redeliver", fen=30_000, timestamp=int(clock.now().timestamp()))
+    rh, rb, refund_id = signed_refund(transaction_id=tid, fen=10_000, total=30_000,
+                                      timestamp=int(clock.now().timestamp()))
+    replies = await asyncio.gather(*(post_signed(client, h, b) for _ in range(30)))
+    assert [r.status for r in replies] == [204] * 30
+    replies = await asyncio.gather(*(post_signed(client, rh, rb) for _ in range(30)))
+    assert [r.status for r in replies] == [204] * 30
+    assert await Payment.filter(transaction_id=tid).count() == 1
+    assert await Refund.filter(refund_id=refund_id).count() == 1
+    assert (await Member.get(id=member.id)).points == 300 - 100
+    await assert_ledger_consistent()
+
+
+async def test_stale_redelivery_is_still_refused(client, login, clock):
+    await login("o-stale")
+    h, b, _ = signed_payment(openid="o-stale", fen=1_000, timestamp=int(clock.now().timestamp()) - 301)
+    resp = await post_signed(client, h, b)
+    assert resp.status == 401 and (await resp.json())["message"] == "stale_timestamp"
+    await nothing_stored()
 
 
 async def test_forged_request_does_not_burn_the_nonce(client, login, clock):
