@@ -45,6 +45,8 @@ class Settings:
     pay_api_base: str = "https://api.mch.weixin.qq.com"
     pay_private_key_path: str | None = None
     pay_cert_serial: str | None = None
+    # The https origin WeChat calls back (Pay orders' notify_url); never taken from request headers.
+    public_base_url: str | None = None
     templates: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
     admin_token: str | None = None
     data_dir: Path = ROOT / "data"
@@ -59,6 +61,14 @@ class Settings:
     def sandbox(self) -> bool:
         """No mini-program credentials: WeChat is the built-in simulator."""
         return not self.mp_appid
+
+    @property
+    def pay_notify_base(self) -> str | None:
+        """Where WeChat Pay posts notifications: PUBLIC_BASE_URL; unset, the local server in sandbox
+        mode, else None (Pay orders answer 503 pay_not_configured)."""
+        if self.public_base_url:
+            return self.public_base_url
+        return f"http://{self.host}:{self.port}" if self.sandbox else None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -111,6 +121,7 @@ class Settings:
             pay_api_base=(get("WECHAT_PAY_API_BASE") or defaults.pay_api_base).rstrip("/"),
             pay_private_key_path=get("WECHAT_PAY_PRIVATE_KEY"),
             pay_cert_serial=get("WECHAT_PAY_CERT_SERIAL"),
+            public_base_url=(get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
             templates=templates,
             admin_token=get("ADMIN_TOKEN"),
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),

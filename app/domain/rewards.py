@@ -56,15 +56,15 @@ async def catalogue(*, member_id: int, now: datetime) -> list[tuple[Reward, int]
 
 
 async def redeem(*, reward_id: int, member_id: int, now: datetime, pay: PayClient | None,
-                 notify_url: str) -> Redeemed:
+                 notify_url: str | None) -> Redeemed:
     """Spend the item's points and one unit of stock at once (409 out_of_stock,
     insufficient_points, limit_reached); a cash item also places a WeChat Pay JSAPI order
-    (503 pay_not_configured without a merchant key) and stays pending for 15 minutes."""
+    (503 pay_not_configured without a merchant key or a notify_url) and stays pending for 15 minutes."""
     reward = await Reward.get_or_none(id=reward_id)
     if reward is None or not is_on_sale(reward, now):
         raise NotFound("no such item in the points mall", code="reward_not_found")
     cash = int(reward.cash_fen) > 0
-    if cash and pay is None:
+    if cash and (pay is None or not notify_url):
         raise Unavailable("WeChat Pay is not configured for points + cash items", code="pay_not_configured")
     member = await Member.get_or_none(id=member_id)
     if member is None:

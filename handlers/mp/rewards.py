@@ -30,10 +30,11 @@ def render_redemption(redemption) -> dict:
     }
 
 
-def notify_url(request: web.Request) -> str:
-    # WeChat Pay calls back the host the mini-program reached; a TLS-terminating proxy says so.
-    scheme = "https" if request.headers.get("X-Forwarded-Proto", request.scheme) == "https" else request.scheme
-    return f"{scheme}://{request.host}{NOTIFY_PATH}"
+def notify_url(request: web.Request) -> str | None:
+    # From PUBLIC_BASE_URL, never from Host or X-Forwarded-Proto: a client could otherwise send
+    # WeChat Pay's notifications of its order to a server of its choosing.
+    base = request.app[keys.settings_key].pay_notify_base
+    return base + NOTIFY_PATH if base else None
 
 
 async def catalogue(request: web.Request) -> web.Response:

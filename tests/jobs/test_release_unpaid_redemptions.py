@@ -14,7 +14,8 @@ import pytest
 def settings(settings, simulator):
     return settings.with_(pay_mchid=SANDBOX_MCHID, pay_private_key_path=str(MERCHANT_PRIVATE_KEY_PATH),
                           pay_cert_serial=SANDBOX_MERCHANT_SERIAL,
-                          pay_api_base=str(simulator.make_url("")).rstrip("/"))
+                          pay_api_base=str(simulator.make_url("")).rstrip("/"),
+                          public_base_url="https://members.example.com")
 
 
 async def test_job_releases_unpaid_holds(client, login, clock):

@@ -16,13 +16,16 @@ from miniprogram_stub.simulator.pay import (MERCHANT_PRIVATE_KEY_PATH, SANDBOX_M
                                             merchant_public_key)
 from tests.conftest import MP_APPID, assert_ledger_consistent, shanghai
 
+PUBLIC_BASE_URL = "https://members.example.com"
+
 
 @pytest.fixture
 def settings(settings, simulator):
     """The test app with a merchant key: WeChat Pay is the simulator's merchant API."""
     return settings.with_(pay_mchid=SANDBOX_MCHID, pay_private_key_path=str(MERCHANT_PRIVATE_KEY_PATH),
                           pay_cert_serial=SANDBOX_MERCHANT_SERIAL,
-                          pay_api_base=str(simulator.make_url("")).rstrip("/"))
+                          pay_api_base=str(simulator.make_url("")).rstrip("/"),
+                          public_base_url=PUBLIC_BASE_URL)
 
 
 @pytest.fixture
@@ -248,3 +251,38 @@ async def test_sandbox_mode_pays_through_the_in_process_simulator(aiohttp_client
     assert orders[body["redemption"]["out_trade_no"]]["appid"] == "wx-sandbox-mp"
     assert body["pay_params"]["package"].startswith("prepay_id=wx")
     await assert_ledger_consistent()
+
+
+async def test_notify_url_comes_from_public_base_url_never_from_headers(client, login, clock, orders):
+    reward = await Reward.create(name="咖啡机", points=10, cash_fen=9900, stock=5)
+    m = await login("o-host")
+    await fund(m.id, 10, clock)
+    resp = await client.post(f"/mp/rewards/{reward.id}/redeem",
+                             headers={**m.headers, "Host": "evil.example", "X-Forwarded-Proto": "https",
+                                      "X-Forwarded-Host": "evil.example"})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert orders[body["redemption"]["out_trade_no"]]["notify_url"] == f"{PUBLIC_BASE_URL}/wechat/pay/notify"
+
+
+async def test_pay_order_without_public_base_url_outside_sandbox_is_503(aiohttp_client, settings, redis_url, clock):
+    from app.main import create_app
+    from tests.conftest import reset_state
+
+    bare = await aiohttp_client(create_app(settings.with_(public_base_url=None)))
+    await reset_state(redis_url)
+    reward = await Reward.create(name="咖啡机", points=10, cash_fen=9900, stock=5)
+    login = await (await bare.post("/mp/login", json={"code": "sim:o-nobase"})).json()
+    await fund(login["member"]["id"], 10, clock)
+    resp = await bare.post(f"/mp/rewards/{reward.id}/redeem", headers={"Authorization": f"Bearer {login['token']}"})
+    assert resp.status == 503 and (await resp.json())["error"]["code"] == "pay_not_configured"
+    assert (await Reward.get(id=reward.id)).stock == 5 and await Redemption.all().count() == 0
+    await assert_ledger_consistent()
+
+
+def test_public_base_url_setting():
+    from app.config import Settings
+
+    assert Settings.from_env({"PUBLIC_BASE_URL": "https://m.example.com/"}).pay_notify_base == "https://m.example.com"
+    assert Settings.from_env({}).pay_notify_base == "http://127.0.0.1:8080"  # sandbox: the local server
+    assert Settings.from_env({"WECHAT_MP_APPID": "wx1"}).pay_notify_base is None
