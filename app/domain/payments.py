@@ -27,7 +27,7 @@ from app.domain import points, tiers
 from app.domain import rules as rules_module
 from app.domain.rules import Rules
 from app.errors import DomainError
-from app.models import LedgerEntry, Member, Payment, Refund
+from app.models import LedgerEntry, Member, Payment, Refund, TierChange
 
 log = logging.getLogger("app.payments")
 
@@ -243,7 +243,9 @@ async def _take_back_earlier_refunds(*, conn: BaseDBAsyncClient, rules: Rules, p
     refunds = await Refund.filter(payment_id=payment.id).using_db(conn).order_by("id")
     if not refunds or not (payment.points_awarded or payment.growth_awarded):
         return
-    total, refunded = max(1, int(payment.payer_total_fen)), 0
+    # Refunds of a v2 payment are refund_fee against total_fee (record_refund's against_total).
+    total = max(1, int(payment.total_fen if payment.source == "v2" else payment.payer_total_fen))
+    refunded = 0
     taken_points = taken_growth = 0
     lot = await LedgerEntry.filter(idempotency_key=f"pay:{payment.transaction_id}") \
         .using_db(conn).first().values_list("id", flat=True)
@@ -251,6 +253,8 @@ async def _take_back_earlier_refunds(*, conn: BaseDBAsyncClient, rules: Rules, p
         refunded = min(total, refunded + int(refund.refund_fen))
         take_points = max(0, int(payment.points_awarded) * refunded // total - taken_points)
         take_growth = max(0, int(payment.growth_awarded) * refunded // total - taken_growth)
+        take_growth = min(take_growth, await _growth_room(conn=conn, rules=rules, member_id=member_id,
+                                                          paid_at=payment.paid_at))
         taken_points, taken_growth = taken_points + take_points, taken_growth + take_growth
         if take_points or take_growth:
             await points.debit(conn=conn, member_id=member_id, amount=take_points, reason="refund",
@@ -262,11 +266,29 @@ async def _take_back_earlier_refunds(*, conn: BaseDBAsyncClient, rules: Rules, p
                               allow_down=True)
 
 
+async def _growth_room(*, conn: BaseDBAsyncClient, rules: Rules, member_id: int, paid_at: datetime) -> int:
+    """How much growth a refund may take back: never below 0, and never below the current tier's
+    floor when the member was downgraded since the payment (the downgrade already set growth to
+    that floor: taking the refund's growth again would push the member down twice)."""
+    member = await Member.filter(id=member_id).select_for_update().using_db(conn).first()
+    if member is None:
+        return 0
+    floor = 0
+    last = await TierChange.filter(member_id=member_id).using_db(conn).order_by("-id").first() \
+        .values_list("cause", flat=True)
+    if last == "downgrade" and member.tier_since is not None and member.tier_since >= paid_at:
+        floor = rules.tier(member.tier).floor
+    return max(0, int(member.growth) - floor)
+
+
 async def record_refund(*, rules: Rules, refund_id: str, transaction_id: str, refund_fen: int,
-                        now: datetime) -> RefundOutcome:
+                        now: datetime, against_total: bool = False) -> RefundOutcome:
     """Record a refund once by refund_id and take back the refunded share of what its payment
     earned: cumulative target floor(awarded × refunded / total) minus what earlier refunds took,
-    so refunds that add up to the whole return exactly what was given. Points may go negative.
+    so refunds that add up to the whole return exactly what was given. Points may go negative;
+    growth never below 0, nor below the tier's floor after a downgrade since the payment.
+    `refund_fen` is against the payer_total the payment stored (APIv3 `payer_refund`), or with
+    `against_total` against its total (v2 `refund_fee` of `total_fee`, coupons included).
     Before its payment is recorded: PaymentNotRecorded (WeChat retries)."""
     payment = await Payment.get_or_none(transaction_id=transaction_id)
     if payment is None:
@@ -284,11 +306,14 @@ async def record_refund(*, rules: Rules, refund_id: str, transaction_id: str, re
                 .annotate(p=Sum("points_taken"), g=Sum("growth_taken")).values("p", "g")
             taken_points = int(taken[0]["p"] or 0) if taken else 0
             taken_growth = int(taken[0]["g"] or 0) if taken else 0
-            total = max(1, int(row.payer_total_fen))
+            total = max(1, int(row.total_fen if against_total else row.payer_total_fen))
             refunded = min(int(row.refunded_fen), total)
             # Integer floor division: exact for any amount, where a float would round.
             take_points = max(0, int(row.points_awarded) * refunded // total - taken_points)
             take_growth = max(0, int(row.growth_awarded) * refunded // total - taken_growth)
+            if row.credited and row.member_id and take_growth:
+                take_growth = min(take_growth, await _growth_room(conn=conn, rules=rules, member_id=row.member_id,
+                                                                  paid_at=row.paid_at))
             if row.credited and row.member_id and (take_points or take_growth):
                 lot = await LedgerEntry.filter(idempotency_key=f"pay:{row.transaction_id}") \
                     .using_db(conn).first().values_list("id", flat=True)

@@ -231,7 +231,8 @@ async def refund_notify_v2(request: web.Request) -> web.Response:
     async def record() -> None:
         await payments.record_refund(
             rules=await rules.load(), refund_id=_text(info, "refund_id"),
-            transaction_id=_text(info, "transaction_id"), refund_fen=_fen(info, "refund_fee"), now=now)
+            transaction_id=_text(info, "transaction_id"), refund_fen=_fen(info, "refund_fee"), now=now,
+            against_total=True)  # refund_fee is a share of total_fee, not of cash_fee
 
     return await _v2_run(record())
 

@@ -173,3 +173,39 @@ async def test_payment_row_carries_the_payers_tier_award(db, redis):
     row = await Payment.get(transaction_id="t-nobody")
     assert not row.credited and row.member_id is None and row.points_awarded == 0
     await assert_ledger_consistent()
+
+
+async def _downgrade(on: datetime):
+    from app.domain.downgrades import downgrade_inactive
+
+    return await downgrade_inactive(rules=await rules.load(), today=on.date(), now=on, tz=TZ)
+
+
+async def test_refund_after_a_downgrade_stops_at_the_tiers_floor(db, redis):
+    member = await new_member("o-down")
+    await pay(redis, "o-down", 600_000, "t-down")  # growth 6000: gold
+    assert (await Member.get(id=member.id)).tier == "gold"
+    march = datetime(2027, 3, 1, 9, 0, tzinfo=TZ)
+    assert (await _downgrade(march))["downgraded"] == 1
+    fresh = await Member.get(id=member.id)
+    assert (fresh.tier, fresh.growth) == ("silver", 500)  # the downgrade took the growth above the floor
+    await payments.record_refund(rules=await rules.load(), refund_id="r-down-1", transaction_id="t-down",
+                                 refund_fen=300_000, now=march)
+    await payments.record_refund(rules=await rules.load(), refund_id="r-down-2", transaction_id="t-down",
+                                 refund_fen=300_000, now=march)
+    fresh = await Member.get(id=member.id)
+    assert (fresh.tier, fresh.growth, fresh.points) == ("silver", 500, 0)  # not pushed down a second time
+    causes = await TierChange.filter(member_id=member.id).order_by("id").values_list("to_tier", "cause")
+    assert causes == [("gold", "payment"), ("silver", "downgrade")]
+    await assert_ledger_consistent()
+
+
+async def test_refund_never_pushes_growth_below_zero(db, redis):
+    member = await new_member("o-zero")
+    await pay(redis, "o-zero", 60_000, "t-zero")  # growth 600: silver
+    june = datetime(2027, 6, 1, 9, 0, tzinfo=TZ)
+    assert (await _downgrade(june))["downgraded"] == 1  # silver → regular, growth 0
+    await refund("t-zero", "r-zero", 60_000)
+    fresh = await Member.get(id=member.id)
+    assert (fresh.tier, fresh.growth, fresh.points) == ("regular", 0, 0)
+    await assert_ledger_consistent()

@@ -325,6 +325,24 @@ async def test_v2_payment_and_refund(client, login, sign_type):
     await assert_ledger_consistent()
 
 
+async def test_v2_half_refund_with_a_coupon_takes_back_half(client, login):
+    """total_fee 100 yuan, cash_fee 80 (a 20-yuan coupon): a refund_fee of 50 yuan is half the order."""
+    member = await login("o-v2coupon")
+    params = sim.v2_payment_params(appid=MP_APPID, openid="o-v2coupon", transaction_id="4200v2cp",
+                                   out_trade_no="o-v2cp", total_fee=10_000, cash_fee=8_000)
+    assert (await client.post("/wechat/pay/notify/v2", data=sim.build_v2_payment_xml(params))).status == 200
+    fresh = await Member.get(id=member.id)
+    assert (fresh.points, fresh.growth) == (80, 80)
+    for n in (1, 2):
+        refund = sim.build_v2_refund_xml(sim.v2_refund_params(
+            transaction_id="4200v2cp", out_trade_no="o-v2cp", refund_id=f"5030v2cp{n}", out_refund_no=f"r{n}",
+            total_fee=10_000, refund_fee=5_000), appid=MP_APPID)
+        assert (await client.post("/wechat/pay/refund-notify/v2", data=refund)).status == 200
+        fresh = await Member.get(id=member.id)
+        assert (fresh.points, fresh.growth) == (80 - 40 * n, 80 - 40 * n)  # 50 %, not 62.5 %
+    await assert_ledger_consistent()
+
+
 @pytest.mark.parametrize("body", [
     b"<xml><return_code>SUCCESS</return_code>",  # malformed
     b'<!DOCTYPE x [<!ENTITY a "b">]><xml><a>&a;</a></xml>',  # entities
