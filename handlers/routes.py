@@ -53,6 +53,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/admin/members/{id}/points", admin_members.adjust_points)
     r.add_get("/admin/rewards", admin_rewards.listing)
     r.add_post("/admin/rewards", admin_rewards.create)
+    r.add_get("/admin/redemptions", admin_rewards.redemptions)
     r.add_post("/admin/coupons/redeem", admin_coupons.redeem)
     r.add_get("/admin/metrics", admin_metrics.show)
     r.add_get(r"/admin/segments/{name}.csv", admin_segments.export)

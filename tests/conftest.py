@@ -27,7 +27,7 @@ MP_APPID = "wx-test-mp"
 MP_SECRET = "test-mp-secret"
 
 _TABLES = [
-    "audit_log", "blacklist", "checkin", "coupon", "ledger_entry", "member_score", "outbox_message",
+    "audit_log", "blacklist", "checkin", "coupon", "lot_use", "ledger_entry", "member_score", "outbox_message",
     "redemption", "refund", "payment", "referral", "reward", "coupon_template", "subscription_quota",
     "tier_change", "member", "metrics_day",
 ]

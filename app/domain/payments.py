@@ -326,6 +326,11 @@ async def record_refund(*, rules: Rules, refund_id: str, transaction_id: str, re
                 take_points = take_growth = 0
             await Refund.filter(id=refund.id).using_db(conn).update(points_taken=take_points,
                                                                     growth_taken=take_growth)
+            if row.out_trade_no.startswith("rd"):
+                from app.domain import rewards  # a points-mall order: its redemption gives back its share
+
+                await rewards.reverse(conn=conn, out_trade_no=row.out_trade_no, refund_id=refund_id,
+                                      refunded_fen=refunded, total_fen=total, now=now)
     except IntegrityError:
         existing = await Refund.get_or_none(refund_id=refund_id)
         if existing is None:

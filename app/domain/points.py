@@ -21,7 +21,7 @@ from app import metrics
 from app.domain import card
 from app.domain.clock import add_months
 from app.errors import InsufficientPoints, NotFound
-from app.models import LedgerEntry, Member
+from app.models import LedgerEntry, LotUse, Member
 
 
 @dataclass(frozen=True)
@@ -105,12 +105,13 @@ async def credit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason
 
 async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason: str, key: str,
                 allow_negative: bool = False, growth: int = 0, first_lot: int | None = None,
-                note: str = "") -> Posting:
+                note: str = "", keep_lots: bool = False) -> Posting:
     """Take points inside the caller's transaction, oldest lots first.
 
     Without `allow_negative` a debit larger than the balance is 409 insufficient_points. A
     refund passes `allow_negative` (spent points leave the balance negative, never hidden) and
-    `first_lot`, the payment's own lot, which gives back first.
+    `first_lot`, the payment's own lot, which gives back first. `keep_lots` records which lots
+    it took (LotUse), for a debit that `restore` may give back.
     """
     entry = await LedgerEntry.create(
         member_id=member_id, delta=-amount, growth_delta=-growth, reason=reason,
@@ -124,36 +125,108 @@ async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason:
         raise InsufficientPoints(f"not enough points for {amount}")
     if row["card_code"] is not None:
         await card.enqueue(conn=conn, member_id=member_id, entry=entry)
-    await _consume_lots(conn=conn, member_id=member_id, amount=amount, first_lot=first_lot)
+    await _consume_lots(conn=conn, member_id=member_id, amount=amount, first_lot=first_lot,
+                        debit_id=entry.id if keep_lots else None)
     metrics.POINTS_SPENT.labels(reason=reason).inc(amount)
     return Posting(entry=entry, balance=int(row["points"]), created=True, growth=int(row["growth"]),
                    tier=row["tier"])
 
 
 async def _consume_lots(*, conn: BaseDBAsyncClient, member_id: int, amount: int,
-                        first_lot: int | None) -> None:
+                        first_lot: int | None, debit_id: int | None = None) -> None:
     left = amount
     if first_lot is not None:
         lot = await LedgerEntry.filter(id=first_lot, member_id=member_id, remaining__gt=0) \
             .using_db(conn).first()
         if lot is not None:
-            left -= await _take(conn, lot, left)
+            left -= await _take(conn, lot, left, debit_id)
     while left > 0:
         lots = await LedgerEntry.filter(member_id=member_id, remaining__gt=0).using_db(conn) \
             .order_by("expires_at", "id").limit(50)
         if not lots:
             return  # the rest is debt: the balance went negative by exactly this much
         for lot in lots:
-            left -= await _take(conn, lot, left)
+            left -= await _take(conn, lot, left, debit_id)
             if left == 0:
                 return
 
 
-async def _take(conn: BaseDBAsyncClient, lot: LedgerEntry, wanted: int) -> int:
+async def _take(conn: BaseDBAsyncClient, lot: LedgerEntry, wanted: int, debit_id: int | None = None) -> int:
     take = min(lot.remaining, wanted)
     if take > 0:
         await LedgerEntry.filter(id=lot.id).using_db(conn).update(remaining=F("remaining") - take)
+        if debit_id is not None:
+            await LotUse.create(debit_id=debit_id, lot_id=lot.id, amount=take, using_db=conn)
     return take
+
+
+async def restore(*, conn: BaseDBAsyncClient, member_id: int, debit_key: str, amount: int, reason: str,
+                  key: str, now: datetime, note: str = "") -> Posting:
+    """Give back `amount` of what the debit `debit_key` (made with `keep_lots`) took, into the very
+    lots it took them from, with their own expiry: a release or refund never renews points. One
+    new entry +amount under `key`; the share of lots that expired since is expired at once by an
+    `expire` entry (`{key}:expired`), as the expiry job would have. A debt is paid first, as by
+    `credit`. At most what the debit took and was not given back yet (raises ValueError beyond).
+
+    Raises IntegrityError when `key` was used before: the caller's transaction must roll back.
+    """
+    entry = await LedgerEntry.create(member_id=member_id, delta=amount, reason=reason, idempotency_key=key,
+                                     remaining=0, note=note, using_db=conn)
+    row = await move_balance(conn=conn, member_id=member_id, points=amount)  # the member's row lock
+    if row is None:
+        raise NotFound(f"member {member_id} not found", code="member_not_found")
+    if row["card_code"] is not None:
+        await card.enqueue(conn=conn, member_id=member_id, entry=entry, now=now)
+    before = int(row["points"]) - amount
+    # What may go back into live lots: a debt (negative balance) is paid first.
+    room = max(0, before + amount) - max(0, before)
+    debit_id = await LedgerEntry.filter(idempotency_key=debit_key, member_id=member_id).using_db(conn) \
+        .first().values_list("id", flat=True)
+    uses = [] if debit_id is None else await LotUse.filter(debit_id=debit_id).using_db(conn) \
+        .select_related("lot").order_by("-lot__expires_at", "-lot_id")
+    left, expired = amount, 0
+    for use in uses:
+        give = min(int(use.amount) - int(use.restored), left)
+        if give <= 0:
+            continue
+        await LotUse.filter(id=use.id).using_db(conn).update(restored=F("restored") + give)
+        left -= give
+        if use.lot.expires_at is not None and use.lot.expires_at <= now:
+            expired += give  # its lot lapsed meanwhile: expires now rather than being renewed
+            continue
+        back = min(give, room)
+        if back:
+            await LedgerEntry.filter(id=use.lot_id).using_db(conn).update(remaining=F("remaining") + back)
+            room -= back
+        if left == 0:
+            break
+    if left:
+        raise ValueError(f"{debit_key} has only {amount - left} points left to give back, not {amount}")
+    if expired:
+        # Never more than the live remaining allows: the debt took its share of the return first.
+        lapse = await LedgerEntry.create(member_id=member_id, delta=-expired, reason="expire",
+                                         idempotency_key=f"{key}:expired", remaining=0, note=note,
+                                         using_db=conn)
+        after = await move_balance(conn=conn, member_id=member_id, points=-expired)
+        if after["card_code"] is not None:
+            await card.enqueue(conn=conn, member_id=member_id, entry=lapse, now=now)
+        # The lapsed share paid no debt and added no remaining; if the debt was paid from it,
+        # take that share of remaining back off the live lots.
+        await _trim_remaining(conn=conn, member_id=member_id, balance=int(after["points"]))
+        row = after
+    metrics.POINTS_ISSUED.labels(reason=reason).inc(amount)
+    return Posting(entry=entry, balance=int(row["points"]), created=True, growth=int(row["growth"]),
+                   tier=row["tier"])
+
+
+async def _trim_remaining(*, conn: BaseDBAsyncClient, member_id: int, balance: int) -> None:
+    """Keep max(balance, 0) == sum(remaining) after a restore whose lapsed share met a debt:
+    take the excess off the lots that expire first (as a spend would)."""
+    total = await LedgerEntry.filter(member_id=member_id, remaining__gt=0).using_db(conn) \
+        .annotate(r=Sum("remaining")).values_list("r", flat=True)
+    excess = int((total[0] if total else 0) or 0) - max(0, balance)
+    if excess > 0:
+        await _consume_lots(conn=conn, member_id=member_id, amount=excess, first_lot=None)
 
 
 async def award(*, member_id: int, amount: int, reason: str, key: str, now: datetime,

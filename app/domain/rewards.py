@@ -5,11 +5,15 @@ conditional UPDATE (never below zero); the per-member limit counts redemptions t
 released, and is made race-safe by the ledger's unique key: the n-th redemption of a reward by
 a member debits under `redeem:{reward}:{member}:{n}`, so two racing requests for the same slot
 cannot both commit. A points + cash item stays "pending" with its points held until WeChat
-Pay's notification marks it "done" (`on_paid`); unpaid after 15 minutes it is released
-(`release_expired`): the points come back as a `release:{redemption}` credit and the stock +1.
+Pay's notification marks it "done" (`on_paid`); its JSAPI order carries `time_expire` = the
+hold's end. Unpaid after 15 minutes it is released (`release_expired`): the order is closed, the
+points come back into the lots they were spent from (their own expiry: `release:{redemption}`,
+points.restore) and the stock +1. A payment that still arrives after the release is refunded
+(status refund_due, then refunded). A refund of a paid one gives back its share (`reverse`).
 """
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -25,8 +29,13 @@ from app.errors import Conflict, InvalidField, NotFound, Unavailable
 from app.models import AuditLog, Coupon, CouponTemplate, Member, Redemption, Reward
 from app.wechat.pay_client import PayClient, PayError, PayUnavailable
 
+log = logging.getLogger("app.rewards")
+
 HOLD = timedelta(minutes=15)
 PENDING, DONE, RELEASED = "pending", "done", "released"
+# A payment after the release: refund_due until WeChat Pay accepted our refund, then refunded.
+# A paid redemption refunded in full is refunded too (points and stock back).
+REFUND_DUE, REFUNDED = "refund_due", "refunded"
 HELD = (PENDING, DONE)  # what counts against the per-member limit
 
 
@@ -79,9 +88,9 @@ async def redeem(*, reward_id: int, member_id: int, now: datetime, pay: PayClien
         async with in_transaction() as conn:
             # Points first: the member's row lock is cheap; the reward's row is the hot one, so
             # it is taken last and held for as short a time as possible.
+            key = f"redeem:{reward.id}:{member_id}:{slot}"
             posting = await points.debit(conn=conn, member_id=member_id, amount=int(reward.points),
-                                         reason="redeem", key=f"redeem:{reward.id}:{member_id}:{slot}",
-                                         note=reward.name[:255])
+                                         reason="redeem", key=key, note=reward.name[:255], keep_lots=cash)
             taken = await Reward.filter(id=reward.id, stock__gt=0).using_db(conn).update(stock=F("stock") - 1)
             if not taken:
                 raise Conflict("this item is out of stock", code="out_of_stock")
@@ -90,7 +99,7 @@ async def redeem(*, reward_id: int, member_id: int, now: datetime, pay: PayClien
                 cash_fen=int(reward.cash_fen), status=PENDING if cash else DONE,
                 out_trade_no=_trade_no() if cash else None,
                 expires_at=(now + HOLD).astimezone(timezone.utc) if cash else None,
-                using_db=conn)
+                ledger_key=key if cash else None, using_db=conn)
             coupon = None
             if not cash and reward.coupon_template_id is not None:
                 coupon = await _issue_coupon(conn=conn, redemption=redemption, now=now)
@@ -128,9 +137,10 @@ async def _place_order(*, redemption: Redemption, reward: Reward, member: Member
     try:
         prepay_id = await pay.create_jsapi_order(
             description=reward.name, out_trade_no=redemption.out_trade_no,
-            amount_fen=int(reward.cash_fen), openid=member.openid, notify_url=notify_url)
+            amount_fen=int(reward.cash_fen), openid=member.openid, notify_url=notify_url,
+            time_expire=redemption.expires_at)
     except PayError as exc:
-        await release(redemption_id=redemption.id, now=now)
+        await release(redemption_id=redemption.id, now=now, pay=pay)
         if isinstance(exc, PayUnavailable):
             raise Unavailable("WeChat Pay is not answering, try again shortly", code="pay_unavailable") from None
         raise Unavailable(f"WeChat Pay refused the order ({exc.code})", code="pay_failed") from None
@@ -140,39 +150,107 @@ async def _place_order(*, redemption: Redemption, reward: Reward, member: Member
     return Redeemed(redemption=redemption, reward=reward, balance=balance, pay_params=params)
 
 
-async def on_paid(*, out_trade_no: str, transaction_id: str, now: datetime) -> bool:
-    """TRANSACTION.SUCCESS for a redemption's order: pending → done, once. False when the order
-    is not a pending redemption (unknown, already done, or released by `release_expired` first:
-    a late payment the operator refunds). The item's coupon, if any, is issued here."""
+async def on_paid(*, out_trade_no: str, transaction_id: str, now: datetime, pay: PayClient | None = None) -> bool:
+    """TRANSACTION.SUCCESS for a redemption's order: pending → done, once; its coupon, if any, is
+    issued here. A payment of a released redemption (it came after the release) is refunded in
+    full through WeChat Pay, once (out_refund_no `rl{id}`). True when this call completed it."""
     async with in_transaction() as conn:
         moved = await Redemption.filter(out_trade_no=out_trade_no, status=PENDING).using_db(conn) \
-            .update(status=DONE)
+            .update(status=DONE, transaction_id=transaction_id)
         if moved:
             redemption = await Redemption.get(out_trade_no=out_trade_no).using_db(conn)
             await _issue_coupon(conn=conn, redemption=redemption, now=now)
-    return bool(moved)
+    if moved:
+        return True
+    # Released first (the release job won the race, or the order was paid as it closed).
+    await Redemption.filter(out_trade_no=out_trade_no, status=RELEASED).update(
+        status=REFUND_DUE, transaction_id=transaction_id)
+    row = await Redemption.get_or_none(out_trade_no=out_trade_no, status=REFUND_DUE)
+    if row is not None:
+        await refund_late_payment(redemption=row, pay=pay)
+    return False
 
 
-async def release(*, redemption_id: int, now: datetime) -> bool:
-    """Give a pending redemption back: points as a `release:{id}` credit, stock +1, status released.
+async def refund_late_payment(*, redemption: Redemption, pay: PayClient | None) -> bool:
+    """Ask WeChat Pay to refund a payment that arrived after its hold was released: the whole
+    cash amount under out_refund_no `rl{id}` (WeChat dedups it, so retries are safe); then
+    refund_due → refunded. False (and still due, retried by the release job) when Pay fails."""
+    if pay is None:
+        log.warning("late payment of redemption %s: no pay client to refund it", redemption.id)
+        return False
+    refund_no = f"rl{redemption.id}"
+    try:
+        await pay.refund(transaction_id=str(redemption.transaction_id), out_refund_no=refund_no,
+                         refund_fen=int(redemption.cash_fen), total_fen=int(redemption.cash_fen),
+                         reason="积分商城订单已超时释放")
+    except PayError as exc:
+        log.warning("late payment of redemption %s: refund failed: %s", redemption.id, exc)
+        return False
+    await Redemption.filter(id=redemption.id, status=REFUND_DUE).update(status=REFUNDED, refund_no=refund_no)
+    return True
 
-    Conditional on pending, in the same transaction as the credit, so a payment arriving at the
-    same moment (`on_paid`) and the release cannot both win."""
+
+async def reverse(*, conn, out_trade_no: str, refund_id: str, refunded_fen: int, total_fen: int,
+                  now: datetime) -> int:
+    """A refund of a paid redemption's order, inside the refund's transaction (which holds the
+    payment's row lock): the points come back pro rata (cumulative floor(points × refunded /
+    total), into their own lots: `unredeem:{refund_id}`); refunded in full, the stock +1 and
+    status refunded. Nothing for a redemption not done (a late payment's refund: released
+    already gave everything back). Returns the points given back."""
+    row = await Redemption.filter(out_trade_no=out_trade_no, status=DONE).using_db(conn).first()
+    if row is None:
+        return 0
+    total = max(1, int(total_fen))
+    refunded = min(int(refunded_fen), total)
+    target = int(row.points) * refunded // total
+    give = max(0, target - int(row.points_returned))
+    full = refunded >= total
+    moved = await Redemption.filter(id=row.id, status=DONE, points_returned=row.points_returned) \
+        .using_db(conn).update(points_returned=int(row.points_returned) + give, refunded_fen=refunded,
+                               **({"status": REFUNDED} if full else {}))
+    if not moved:
+        return 0
+    if give and row.ledger_key:
+        await points.restore(conn=conn, member_id=row.member_id, debit_key=row.ledger_key, amount=give,
+                             reason="unredeem", key=f"unredeem:{refund_id}", now=now)
+    if full:
+        await Reward.filter(id=row.reward_id).using_db(conn).update(stock=F("stock") + 1)
+    return give
+
+
+async def release(*, redemption_id: int, now: datetime, pay: PayClient | None = None) -> bool:
+    """Give a pending redemption back: points into the lots they came from (`release:{id}`,
+    their own expiry), stock +1, status released; then its order is closed.
+
+    Conditional on pending, in the same transaction as the points, so a payment arriving at the
+    same moment (`on_paid`) and the release cannot both win; a payment that lands anyway is
+    refunded by `on_paid`."""
     expiry_months = (await rules_mod.load()).points.expiry_months
     async with in_transaction() as conn:
         moved = await Redemption.filter(id=redemption_id, status=PENDING).using_db(conn).update(status=RELEASED)
         if not moved:
             return False
         row = await Redemption.get(id=redemption_id).using_db(conn)
-        if row.points > 0:
+        if row.points > 0 and row.ledger_key:
+            await points.restore(conn=conn, member_id=row.member_id, debit_key=row.ledger_key,
+                                 amount=int(row.points), reason="release", key=f"release:{row.id}", now=now)
+        elif row.points > 0:  # made before lots were kept: a fresh lot, as then
             await points.credit(conn=conn, member_id=row.member_id, amount=int(row.points), reason="release",
                                 key=f"release:{row.id}", now=now, expiry_months=expiry_months)
         await Reward.filter(id=row.reward_id).using_db(conn).update(stock=F("stock") + 1)
+    if pay is not None and row.out_trade_no and row.prepay_id:
+        try:
+            await pay.close_order(out_trade_no=row.out_trade_no)
+        except PayError as exc:
+            # ORDERPAID: the payment's notification is on its way and on_paid refunds it;
+            # otherwise time_expire already stops WeChat taking it.
+            log.info("closing order %s: %s", row.out_trade_no, exc)
     return True
 
 
-async def release_expired(*, now: datetime) -> int:
-    """Release every points + cash redemption still unpaid 15 minutes after it was made."""
+async def release_expired(*, now: datetime, pay: PayClient | None = None) -> int:
+    """Release every points + cash redemption still unpaid 15 minutes after it was made (and
+    close its order); retry the refunds of late payments WeChat Pay did not accept yet."""
     released = 0
     # In UTC, as stored: SQLite compares datetimes as text, so offsets must match.
     cutoff = now.astimezone(timezone.utc)
@@ -180,9 +258,13 @@ async def release_expired(*, now: datetime) -> int:
         ids = await Redemption.filter(status=PENDING, expires_at__lte=cutoff).order_by("id") \
             .limit(500).values_list("id", flat=True)
         for redemption_id in ids:
-            released += await release(redemption_id=redemption_id, now=now)
+            released += await release(redemption_id=redemption_id, now=now, pay=pay)
         if len(ids) < 500:
-            return released
+            break
+    if pay is not None:
+        for row in await Redemption.filter(status=REFUND_DUE).order_by("id").limit(500):
+            await refund_late_payment(redemption=row, pay=pay)
+    return released
 
 
 # -- operators ----------------------------------------------------------------------------------
@@ -211,4 +293,15 @@ def render_admin(reward: Reward) -> dict:
         "per_member_limit": int(reward.per_member_limit), "active": reward.active,
         "valid_until": reward.valid_until.isoformat() if reward.valid_until else None,
         "coupon_template_id": reward.coupon_template_id,
+    }
+
+
+def render_redemption_admin(row: Redemption) -> dict:
+    return {
+        "id": row.id, "reward_id": row.reward_id, "member_id": row.member_id, "status": row.status,
+        "points": int(row.points), "cash_fen": int(row.cash_fen), "out_trade_no": row.out_trade_no,
+        "transaction_id": row.transaction_id, "refund_no": row.refund_no,
+        "refunded_fen": int(row.refunded_fen), "points_returned": int(row.points_returned),
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        "created_at": row.created_at.isoformat() if row.created_at else None,
     }

@@ -1,7 +1,7 @@
 """All models, one module per domain noun: Tortoise loads them from here."""
 from app.models.checkin import Checkin
 from app.models.coupon import Coupon, CouponTemplate
-from app.models.ledger import LedgerEntry
+from app.models.ledger import LedgerEntry, LotUse
 from app.models.member import Blacklist, Member, TierChange
 from app.models.metrics import MetricsDay
 from app.models.outbox import OutboxMessage, SubscriptionQuota
@@ -11,7 +11,7 @@ from app.models.reward import MemberScore, Redemption, Reward
 from app.models.rules import AuditLog, Rule
 
 __all__ = [
-    "AuditLog", "Blacklist", "Checkin", "Coupon", "CouponTemplate", "LedgerEntry", "Member",
+    "AuditLog", "Blacklist", "Checkin", "Coupon", "CouponTemplate", "LedgerEntry", "LotUse", "Member",
     "MemberScore", "MetricsDay", "OutboxMessage", "Payment", "Redemption", "Refund", "Referral", "Reward",
     "Rule", "SubscriptionQuota", "TierChange",
 ]

@@ -26,3 +26,18 @@ class LedgerEntry(Model):
         table = "ledger_entry"
         indexes = (("member_id", "id"), ("member_id", "capped_on"), ("expires_at",),
                    ("created_at",))  # sums over a range (metrics)
+
+
+class LotUse(Model):
+    """What one debit took from one lot, written for debits that may be given back (a points +
+    cash redemption): `points.restore` returns the points into the same lots, with their expiry."""
+
+    id = fields.BigIntField(primary_key=True)
+    debit = fields.ForeignKeyField("models.LedgerEntry", related_name="lots_used")
+    lot = fields.ForeignKeyField("models.LedgerEntry", related_name="uses")
+    amount = fields.BigIntField()
+    restored = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "lot_use"
+        indexes = (("debit_id",),)

@@ -21,7 +21,9 @@ class Reward(Model):
 
 
 class Redemption(Model):
-    """A member's redemption: status pending (awaiting cash payment), done, released."""
+    """A member's redemption: status pending (awaiting cash payment), done, released; a payment
+    that arrived after the release is refunded (refund_due until WeChat Pay accepts, then
+    refunded). refunded_fen / points_returned: what refunds of its payment gave back."""
 
     id = fields.BigIntField(primary_key=True)
     reward = fields.ForeignKeyField("models.Reward", related_name="redemptions")
@@ -33,6 +35,11 @@ class Redemption(Model):
     prepay_id = fields.CharField(max_length=64, null=True)
     expires_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
+    transaction_id = fields.CharField(max_length=64, null=True)
+    ledger_key = fields.CharField(max_length=128, null=True)  # its debit: points.restore gives into its lots
+    refund_no = fields.CharField(max_length=64, null=True)  # our out_refund_no of a late payment
+    refunded_fen = fields.BigIntField(default=0)
+    points_returned = fields.BigIntField(default=0)
 
     class Meta:
         table = "redemption"

@@ -1,4 +1,5 @@
-"""Outbound WeChat Pay APIv3 calls, signed with the merchant key: JSAPI orders for points + cash items.
+"""Outbound WeChat Pay APIv3 calls, signed with the merchant key: JSAPI orders for points + cash
+items, closing them, and refunds.
 
 One shared aiohttp session; the RSA signing is CPU work, so it runs in a thread.
 """
@@ -8,7 +9,9 @@ import asyncio
 import json
 import secrets
 import time
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -16,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from app.wechat.pay import jsapi_pay_params, sign_request
 
 JSAPI_PATH = "/v3/pay/transactions/jsapi"
+CLOSE_PATH = "/v3/pay/transactions/out-trade-no/{out_trade_no}/close"
+REFUND_PATH = "/v3/refund/domestic/refunds"
 
 
 class PayError(Exception):
@@ -48,19 +53,41 @@ class PayClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def create_jsapi_order(self, *, description: str, out_trade_no: str, amount_fen: int,
-                                 openid: str, notify_url: str) -> str:
-        """Place a JSAPI order (统一下单) for `amount_fen` paid by `openid`; returns its prepay_id."""
+                                 openid: str, notify_url: str, time_expire: datetime | None = None) -> str:
+        """Place a JSAPI order (统一下单) for `amount_fen` paid by `openid`, payable until
+        `time_expire` (RFC 3339); returns its prepay_id."""
         body = {
             "appid": self.appid, "mchid": self.mchid, "description": description[:127],
             "out_trade_no": out_trade_no, "notify_url": notify_url,
             "amount": {"total": int(amount_fen), "currency": "CNY"},
             "payer": {"openid": openid},
         }
+        if time_expire is not None:
+            body["time_expire"] = time_expire.isoformat(timespec="seconds")
         answer = await self._post(JSAPI_PATH, body)
         prepay_id = answer.get("prepay_id")
         if not isinstance(prepay_id, str) or not prepay_id:
             raise PayError(502, "bad_reply", "no prepay_id in WeChat Pay's answer")
         return prepay_id
+
+    async def close_order(self, *, out_trade_no: str) -> None:
+        """Close an unpaid order (关闭订单): WeChat then refuses to take its payment. PayError
+        `ORDERPAID` when it was paid first."""
+        await self._post(CLOSE_PATH.format(out_trade_no=quote(out_trade_no, safe="")), {"mchid": self.mchid})
+
+    async def refund(self, *, transaction_id: str, out_refund_no: str, refund_fen: int, total_fen: int,
+                     reason: str = "") -> dict[str, Any]:
+        """Ask for a refund (申请退款) of `refund_fen` of a `total_fen` payment. The same
+        out_refund_no again is the same refund (WeChat's idempotency), so a retry is safe.
+        Returns WeChat's answer (refund_id, status); REFUND.SUCCESS comes as a notification."""
+        body: dict[str, Any] = {"transaction_id": transaction_id, "out_refund_no": out_refund_no,
+                                "amount": {"refund": int(refund_fen), "total": int(total_fen), "currency": "CNY"}}
+        if reason:
+            body["reason"] = reason[:80]
+        answer = await self._post(REFUND_PATH, body)
+        if not isinstance(answer.get("refund_id"), str):
+            raise PayError(502, "bad_reply", "no refund_id in WeChat Pay's answer")
+        return answer
 
     async def jsapi_params(self, *, prepay_id: str, timestamp: int | None = None) -> dict[str, str]:
         """The params the mini-program passes to wx.requestPayment for this prepay_id."""

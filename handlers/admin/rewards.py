@@ -7,7 +7,8 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
 
 from app.domain import rewards
-from app.models import Reward
+from app.errors import InvalidField
+from app.models import Redemption, Reward
 from handlers.admin.auth import require_admin
 from handlers.bodies import parse
 
@@ -25,6 +26,21 @@ async def listing(request: web.Request) -> web.Response:
     require_admin(request)
     items = await Reward.all().order_by("-id").limit(500)
     return web.json_response({"items": [rewards.render_admin(r) for r in items]})
+
+
+STATUSES = ("pending", "done", "released", "refund_due", "refunded")
+
+
+async def redemptions(request: web.Request) -> web.Response:
+    """`GET /admin/redemptions?status=` the newest 500: e.g. refund_due / refunded for payments
+    that came after their hold was released (refunded automatically)."""
+    require_admin(request)
+    status = request.query.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidField("status", f"one of {', '.join(STATUSES)}")
+    query = Redemption.filter(status=status) if status else Redemption.all()
+    items = await query.order_by("-id").limit(500)
+    return web.json_response({"items": [rewards.render_redemption_admin(r) for r in items]})
 
 
 async def create(request: web.Request) -> web.Response:

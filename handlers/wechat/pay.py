@@ -84,7 +84,7 @@ async def _apply(request: web.Request, event_type: str, resource: dict[str, Any]
             openid=_text(_dict(resource, "payer"), "openid"), total_fen=_fen(amount, "total"),
             payer_total_fen=_fen(amount, "payer_total", amount.get("total")),
             paid_at=_rfc3339(resource.get("success_time"), now), now=now, tz=settings.tz)
-        await _redemption_paid(resource.get("out_trade_no"), resource.get("transaction_id"), now)
+        await _redemption_paid(app, resource.get("out_trade_no"), resource.get("transaction_id"), now)
     elif event_type == "REFUND.SUCCESS":
         if resource.get("refund_status", "SUCCESS") != "SUCCESS":
             return
@@ -97,11 +97,13 @@ async def _apply(request: web.Request, event_type: str, resource: dict[str, Any]
         log.info("pay notify: event %s acknowledged, not acted on", event_type)
 
 
-async def _redemption_paid(out_trade_no: Any, transaction_id: Any, now: datetime) -> None:
+async def _redemption_paid(app: web.Application, out_trade_no: Any, transaction_id: Any, now: datetime) -> None:
     # "rd…" orders are points-mall redemptions (app/domain/rewards.py): the payment completes them,
-    # once (on_paid is conditional), and a retried notification completes one a failure left pending.
+    # once (on_paid is conditional), and a retried notification completes one a failure left pending;
+    # one that arrives after the hold was released is refunded.
     if isinstance(out_trade_no, str) and out_trade_no.startswith("rd"):
-        await rewards.on_paid(out_trade_no=out_trade_no, transaction_id=str(transaction_id), now=now)
+        await rewards.on_paid(out_trade_no=out_trade_no, transaction_id=str(transaction_id), now=now,
+                              pay=app[keys.pay_client_key])
 
 
 def _dict(data: dict, name: str) -> dict:
@@ -206,7 +208,7 @@ async def notify_v2(request: web.Request) -> web.Response:
             transaction_id=_text(params, "transaction_id"), out_trade_no=_text(params, "out_trade_no", ""),
             openid=_text(params, "openid"), total_fen=total, payer_total_fen=_fen(params, "cash_fee", total),
             paid_at=_time_end(params.get("time_end"), now), now=now, tz=settings.tz, source="v2")
-        await _redemption_paid(params.get("out_trade_no"), params.get("transaction_id"), now)
+        await _redemption_paid(request.app, params.get("out_trade_no"), params.get("transaction_id"), now)
 
     return await _v2_run(record())
 
