@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from datetime import timezone as dt_timezone
 from decimal import ROUND_FLOOR, Decimal
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -27,7 +28,7 @@ from app.domain import points, tiers
 from app.domain import rules as rules_module
 from app.domain.rules import Rules
 from app.errors import DomainError
-from app.models import LedgerEntry, Member, Payment, Refund, TierChange
+from app.models import LedgerEntry, Member, Payment, Referral, Refund, TierChange
 
 log = logging.getLogger("app.payments")
 
@@ -159,8 +160,10 @@ async def record_payment(*, redis: Redis, rules: Rules, appid: str, transaction_
                          openid: str, total_fen: int, payer_total_fen: int, paid_at: datetime,
                          now: datetime, tz: ZoneInfo, source: str = "v3") -> PaymentOutcome:
     """Record a paid order once by transaction_id and credit its member (points, growth, tier,
-    last_paid_at); a payer who is not a member yet is credited at first login (`credit_pending`).
-    The invitee's first paid order then rewards the referral (+50 / +50).
+    last_paid_at); a payer who is not a member yet is credited at first login (`credit_pending`),
+    or by the sweep (`sweep_effects`). The invitee's first paid order then rewards the referral
+    (+50 / +50). A repeat re-drives those after-effects (idempotent), so a failure between the
+    commit and them loses nothing.
 
     On PostgreSQL the hot path is BEGIN, one payment INSERT (member lookup included), the ledger
     INSERT, one member UPDATE (balance, growth, last_paid_at), COMMIT."""
@@ -178,12 +181,62 @@ async def record_payment(*, redis: Redis, rules: Rules, appid: str, transaction_
         existing = await Payment.get_or_none(transaction_id=transaction_id)
         if existing is None:
             raise
+        await _redrive(redis=redis, rules=rules, appid=appid, payment=existing, now=now, tz=tz)
         return PaymentOutcome(payment_id=existing.id, created=False, member_id=existing.member_id,
                               points=int(existing.points_awarded), growth=int(existing.growth_awarded))
     # Only an invitee (inviter_id known from the member row) has a referral to note or reward.
     if row["credited"] and row["inviter_id"] is not None:
         await _after_paid(redis=redis, rules=rules, member_id=member_id, payment_id=row["id"], now=now, tz=tz)
     return PaymentOutcome(payment_id=row["id"], created=True, member_id=member_id, points=earned, growth=growth)
+
+
+async def _redrive(*, redis: Redis | None, rules: Rules, appid: str, payment: Payment, now: datetime,
+                   tz: ZoneInfo) -> None:
+    """A repeat of a recorded payment re-runs the effects that follow its commit, each idempotent:
+    a failure between the commit and them (a crash, Redis down) must not lose them for good."""
+    if payment.member_id is None:
+        member = await Member.get_or_none(appid=appid, openid=payment.openid)
+        if member is not None:  # the payer became a member without being credited (a racing login)
+            await credit_pending(member=member, now=now, tz=tz, redis=redis, rules=rules)
+        return
+    if payment.credited and await Member.filter(id=payment.member_id, inviter_id__not_isnull=True).exists():
+        await _after_paid(redis=redis, rules=rules, member_id=payment.member_id, payment_id=payment.id,
+                          now=now, tz=tz)
+
+
+async def sweep_effects(*, redis: Redis, rules: Rules, now: datetime, tz: ZoneInfo,
+                        since: datetime, batch: int = 500) -> dict:
+    """Re-drive what a payment's commit should have been followed by, for payments since `since`:
+    credit payers who became members while their payment waited (`credit_pending` runs at
+    first login only), and reward referrals whose invitee has a live paid order but no reward
+    (a failure after the commit). Idempotent like the paths it repeats; a job runs it."""
+    summary = {"seen": 0, "sent": 0, "skipped": 0, "failed": 0, "credited": 0, "rewarded": 0}
+    since = since.astimezone(dt_timezone.utc)  # SQLite compares datetimes as text
+    openids = await Payment.filter(credited=False, member_id=None, paid_at__gte=since) \
+        .distinct().limit(batch).values_list("openid", flat=True)
+    for member in await Member.filter(openid__in=list(openids)) if openids else []:
+        summary["seen"] += 1
+        summary["credited"] += await credit_pending(member=member, now=now, tz=tz, redis=redis, rules=rules)
+    from app.domain import referral
+
+    waiting = await Referral.filter(rewarded_at=None, reward_skipped=None).limit(batch * 10) \
+        .values_list("invitee_id", flat=True)
+    payers = await Payment.filter(member_id__in=list(waiting), credited=True, paid_at__gte=since,
+                                  refunded_fen__lt=F("payer_total_fen")).distinct() \
+        .values_list("member_id", flat=True) if waiting else []
+    for invitee_id in sorted(set(payers))[:batch]:
+        summary["seen"] += 1
+        try:
+            await referral.note_paid(invitee_id=invitee_id, now=now)
+            rewarded = await referral.reward_first_order(redis=redis, rules=rules, invitee_id=invitee_id,
+                                                         now=now, tz=tz)
+        except Exception:
+            log.exception("sweep: referral reward of member %s failed", invitee_id)
+            summary["failed"] += 1
+            continue
+        summary["rewarded" if rewarded else "skipped"] += 1
+    summary["sent"] = summary["credited"] + summary["rewarded"]
+    return summary
 
 
 async def _after_paid(*, redis: Redis | None, rules: Rules, member_id: int, payment_id: int,
