@@ -76,6 +76,7 @@ async def test_sweep_rewards_a_referral_lost_after_the_commit(client, login, clo
     await assert_ledger_consistent()
 
 
+@pytest.mark.smoke
 async def test_sweep_credits_a_payer_who_became_a_member_without_login(client, clock):
     from app.domain.members import new_invite_code
 

@@ -79,6 +79,7 @@ async def test_order_expires_with_the_hold_and_release_closes_it(client, login, 
     await assert_ledger_consistent()
 
 
+@pytest.mark.smoke
 async def test_payment_after_release_is_refunded_once(client, login, clock, merchant, pay):
     clock.travel_to(START)
     m, reward, redemption = await redeem_cash(login, clock)
@@ -145,6 +146,7 @@ async def test_late_payments_racing_the_release_job(client, login, clock, mercha
     await assert_ledger_consistent()
 
 
+@pytest.mark.smoke
 async def test_refund_of_a_paid_redemption_gives_back_its_share(client, login, clock, merchant):
     clock.travel_to(START)
     m, reward, redemption = await redeem_cash(login, clock, points_cost=301, cash_fen=1000, fund=301)
@@ -167,6 +169,7 @@ async def test_refund_of_a_paid_redemption_gives_back_its_share(client, login, c
     await assert_ledger_consistent()
 
 
+@pytest.mark.smoke
 async def test_released_points_come_back_in_their_own_lots(client, login, clock, pay):
     clock.travel_to(START)
     reward = await Reward.create(name="耳机", points=150, cash_fen=1000, stock=5, per_member_limit=5)
@@ -187,6 +190,7 @@ async def test_released_points_come_back_in_their_own_lots(client, login, clock,
     await assert_ledger_consistent()
 
 
+@pytest.mark.smoke
 async def test_released_points_of_a_lot_expired_since_expire(client, login, clock, pay):
     from app.domain import expiry
 
