@@ -148,3 +148,56 @@ async def test_invariant_after_random_sequences(db, ops):
             keys.append(key)
         assert (await Member.get(id=m.id)).points == expected
     await assert_ledger_consistent()
+
+
+async def _restore(m, debit_key: str, amount: int, key: str, now: datetime):
+    from tortoise.transactions import in_transaction
+
+    async with in_transaction() as conn:
+        return await points.restore(conn=conn, member_id=m.id, debit_key=debit_key, amount=amount,
+                                    reason="release", key=key, now=now)
+
+
+async def _hold(m, amount: int) -> None:
+    from tortoise.transactions import in_transaction
+
+    async with in_transaction() as conn:
+        await points.debit(conn=conn, member_id=m.id, amount=amount, reason="redeem", key="hold", keep_lots=True)
+
+
+async def test_restore_gives_back_into_the_same_lots_once_and_pays_a_debt_first(db):
+    from tortoise.exceptions import IntegrityError
+
+    m = await new_member()
+    old = await points.award(member_id=m.id, amount=10, reason="a", key="a", now=NOW, expiry_months=12)
+    new = await points.award(member_id=m.id, amount=10, reason="b", key="b", now=NOW + timedelta(days=30),
+                             expiry_months=12)
+    await _hold(m, 15)
+    await points.spend(member_id=m.id, amount=20, reason="refund", key="debt", allow_negative=True)
+    assert (await Member.get(id=m.id)).points == -15
+    posting = await _restore(m, "hold", 15, "release:1", NOW + timedelta(days=40))
+    assert posting.balance == 0  # the debt took the whole return: no lot gains anything
+    await assert_ledger_consistent()
+    with pytest.raises(IntegrityError):
+        await _restore(m, "hold", 15, "release:1", NOW + timedelta(days=40))
+    with pytest.raises(ValueError):  # nothing left of the hold to give back
+        await _restore(m, "hold", 1, "release:2", NOW + timedelta(days=40))
+    await points.award(member_id=m.id, amount=3, reason="c", key="c", now=NOW, expiry_months=12)
+    assert {e.id: e.remaining for e in await LedgerEntry.filter(member_id=m.id, delta__gt=0, expires_at__isnull=False)} \
+        == {old.entry.id: 0, new.entry.id: 0, (await LedgerEntry.get(idempotency_key="c")).id: 3}
+    await assert_ledger_consistent()
+
+
+async def test_restore_with_an_expired_lot_and_a_debt_keeps_the_invariant(db):
+    m = await new_member()
+    await points.award(member_id=m.id, amount=10, reason="a", key="a", now=NOW, expiry_months=12)
+    await points.award(member_id=m.id, amount=10, reason="b", key="b", now=NOW + timedelta(days=300),
+                       expiry_months=12)
+    await _hold(m, 15)
+    await points.spend(member_id=m.id, amount=8, reason="refund", key="debt", allow_negative=True)
+    assert (await Member.get(id=m.id)).points == -3
+    # A year on, lot "a" (10 of the hold) has lapsed; lot "b" (5 of it) still runs.
+    posting = await _restore(m, "hold", 15, "release:x", NOW + timedelta(days=366))
+    assert posting.balance == -3 + 5  # the 10 of lot "a" expire at once
+    assert await LedgerEntry.filter(idempotency_key="release:x:expired", delta=-10, reason="expire").exists()
+    await assert_ledger_consistent()
