@@ -27,7 +27,7 @@ log = logging.getLogger("app.card")
 RECORD_TEXT = {
     "checkin": "签到奖励", "makeup": "补签", "pay": "消费积分", "refund": "退款扣回",
     "referral": "邀请奖励", "redeem": "积分兑换", "expire": "积分过期", "admin": "人工调整",
-    "birthday": "生日礼遇", "task": "任务奖励",
+    "birthday": "生日礼遇", "task": "任务奖励", "release": "兑换取消退回", "unredeem": "兑换退款退回",
 }
 
 # One INSERT … SELECT: the outbox row exists only if the member holds a card, decided in the
