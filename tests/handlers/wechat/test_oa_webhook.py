@@ -360,6 +360,9 @@ async def test_card_invite_help_and_unknown_text(client, member):
     assert f"会员号 {mp.id}" in await say(client, text(oa_openid, "会员卡"))
     invite = await say(client, event(oa_openid, "CLICK", EventKey="INVITE"))
     assert mp.data["invite_code"] in invite
+    # the share path of CONTRACT.md, the same as GET /mp/referral's
+    assert f"pages/index/index?invite={mp.data['invite_code']} " in invite and "invite_code=" not in invite
+    assert (await (await mp.get("/mp/referral")).json())["share_path"] in invite
     assert mp.data["invite_code"] in await say(client, text(oa_openid, "邀请"))
     for body in (event(oa_openid, "CLICK", EventKey="HELP"), text(oa_openid, "帮助"), text(oa_openid, "HELP")):
         assert "「签到」" in await say(client, body)
