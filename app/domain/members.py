@@ -97,7 +97,7 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
         if is_new and invite_code:
             from app.domain import referral  # referral imports members: bind lazily
 
-            await referral.bind(invitee=member, invite_code=invite_code, source="login")
+            await referral.bind(invitee=member, invite_code=invite_code, source="login", now=now)
         if is_new:
             from app.domain import payments  # a small edit, kept local to the new-member path
 
@@ -126,7 +126,8 @@ async def _register(*, redis: Redis, rules: Rules, appid: str, openid: str, unio
             message="this device has registered too many members today")
     for _ in range(5):
         try:
-            member = await Member.create(appid=appid, openid=openid, unionid=unionid,
+            # created_at from the app's clock: the referral window is measured on it
+            member = await Member.create(appid=appid, openid=openid, unionid=unionid, created_at=now,
                                          device_id=device_id, invite_code=new_invite_code())
             return member, True
         except IntegrityError:

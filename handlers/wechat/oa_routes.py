@@ -125,7 +125,7 @@ async def on_help(msg: OAMessage, ctx: OAContext) -> str:
 @router.event("subscribe", "scan")
 async def on_subscribe(msg: OAMessage, ctx: OAContext) -> str:
     member = await ctx.member(msg)
-    bound = await followers.follow(member=member, scene=msg.scene)
+    bound = await followers.follow(member=member, scene=msg.scene, now=ctx.now)
     if msg.event == "scan":
         text = "已收到。" + KEYWORDS
     else:

@@ -419,6 +419,29 @@ async def test_scan_binds_like_subscribe_and_self_invites_do_not(client, member,
     assert (await Referral.get(invitee_id=mp.id)).source == "oa_scene"
 
 
+async def test_a_member_of_more_than_24_hours_is_not_bound_by_a_scan(client, member, login, clock):
+    """Two long-standing members scanning each other's codes mint nothing."""
+    a, a_oa = await member("longtime-a")
+    b, b_oa = await member("longtime-b")
+    clock.travel_to(clock.now() + timedelta(hours=24, minutes=1))
+    for who, code in ((a_oa, b.data["invite_code"]), (b_oa, a.data["invite_code"])):
+        reply = await say(client, event(who, "SCAN", EventKey=f"i={code}", Ticket="tk"))
+        assert "邀请人" not in reply
+        reply = await say(client, event(who, "subscribe", EventKey=f"qrscene_i={code}", Ticket="tk"))
+        assert "邀请人" not in reply
+    assert await Referral.all().count() == 0
+    assert await Member.filter(inviter_id__isnull=False).count() == 0
+
+
+async def test_new_members_cannot_invite_each_other_back(client, member):
+    a, a_oa = await member("mutual-a")
+    b, b_oa = await member("mutual-b")
+    assert "邀请人" in await say(client, event(a_oa, "SCAN", EventKey=f"i={b.data['invite_code']}", Ticket="tk"))
+    assert "邀请人" not in await say(client, event(b_oa, "SCAN", EventKey=f"i={a.data['invite_code']}",
+                                                    Ticket="tk"))
+    assert [(r.inviter_id, r.invitee_id) for r in await Referral.all()] == [(b.id, a.id)]
+
+
 async def test_plain_subscribe_of_a_non_member_welcomes(client):
     reply = await say(client, event("o-oa-newbie", "subscribe"))
     assert reply.startswith("欢迎关注") and "小程序" in reply
