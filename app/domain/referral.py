@@ -98,16 +98,19 @@ async def _give_back_slot(*, redis: Redis, inviter_id: int, day: date) -> None:
     await redis.decr(f"referral-day:{inviter_id}:{day.isoformat()}")
 
 
-async def reward_first_order(*, redis: Redis, rules: Rules, invitee_id: int, payment_id: int,
-                             now: datetime, tz: ZoneInfo) -> bool:
-    """On the invitee's first paid order (`payment_id`, when no earlier payment is the
-    invitee's): inviter +50 and invitee +50, both under the daily cap of 200 (a partial award is
-    fine), at most 20 rewarded invites per inviter per business day, one reward per invitee
-    forever, nothing when either is blacklisted. True when this call rewarded."""
+async def reward_first_order(*, redis: Redis, rules: Rules, invitee_id: int, now: datetime,
+                             tz: ZoneInfo, payment_id: int | None = None) -> bool:
+    """On the invitee's first paid order (its earliest payment: `payment_id` when given, else
+    that one if it is credited and not refunded in full): inviter +50 and invitee +50, both
+    under the daily cap of 200 (a partial award is fine), at most 20 rewarded invites per
+    inviter per business day, one reward per invitee forever, nothing when either is
+    blacklisted. True when this call rewarded."""
     referral = await Referral.get_or_none(invitee_id=invitee_id, rewarded_at=None, reward_skipped=None)
     if referral is None:
         return False
-    if await Payment.filter(member_id=invitee_id, id__lt=payment_id).exists():
+    first = await Payment.filter(member_id=invitee_id).order_by("id").first()
+    if first is None or (payment_id is not None and first.id != payment_id) or \
+            (payment_id is None and not (first.credited and first.refunded_fen < first.payer_total_fen)):
         # Not the first order. The referral is left as it is, not marked: a mark could beat
         # the first order's own call racing this one and cost the reward it is owed.
         return False

@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfo
 
 from app.domain import antiabuse, payments, referral, rules
 from app.domain.members import new_invite_code
-from app.models import Blacklist, LedgerEntry, Member, Referral
+from app.models import Blacklist, LedgerEntry, Member, Payment, Referral
 from tests.conftest import assert_ledger_consistent
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -159,3 +159,20 @@ async def test_only_the_first_paid_order_rewards(db, redis):
     assert (await Member.get(id=inviter.id)).points == 0
     assert (await Referral.get(invitee_id=invitee.id)).rewarded_at is None
     await assert_ledger_consistent()
+
+
+async def test_without_a_payment_named_the_earliest_order_decides(db, redis):
+    """A caller that names no payment (a sweep re-driving rewards) rewards only when the
+    invitee's earliest order is credited and not refunded in full."""
+    inviter = await new_member("o-sweep-inviter")
+    refunded, live = await invited(inviter, "o-sweep-refunded"), await invited(inviter, "o-sweep-live")
+    for member, first_refunded in ((refunded, 1_000), (live, 0)):
+        for n, gone in enumerate((first_refunded, 0)):
+            await Payment.create(transaction_id=f"t-{member.id}-{n}", out_trade_no=f"o-{member.id}-{n}",
+                                 openid=member.openid, member_id=member.id, total_fen=1_000,
+                                 payer_total_fen=1_000, refunded_fen=gone, credited=True, paid_at=NOW)
+    reward = dict(redis=redis, rules=await rules.load(), now=NOW, tz=TZ)
+    assert await referral.reward_first_order(invitee_id=refunded.id, **reward) is False
+    assert await referral.reward_first_order(invitee_id=live.id, **reward) is True
+    assert await LedgerEntry.filter(reason="referral").count() == 2
+    assert (await Member.get(id=live.id)).points == 50 and (await Member.get(id=refunded.id)).points == 0
