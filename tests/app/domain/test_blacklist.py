@@ -27,6 +27,7 @@ async def ban(redis, member: Member):
     return row
 
 
+@pytest.mark.smoke
 async def test_blacklisting_revokes_every_session_and_only_that_members(db, redis):
     bad, good = await new_member("o-bl-bad"), await new_member("o-bl-good")
     tokens = [await members.open_session(redis=redis, member_id=bad.id) for _ in range(3)]

@@ -3,6 +3,8 @@ import asyncio
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from app.domain import antiabuse, payments, referral, rules
 from app.domain.members import new_invite_code
 from app.models import Blacklist, LedgerEntry, Member, Payment, Referral
@@ -93,6 +95,7 @@ async def test_a_second_order_rewards_nothing_more(db, redis):
 
 # ------------------------------------------------------------------ who can be bound
 
+@pytest.mark.smoke
 async def test_only_a_member_registered_within_24_hours_is_bound(db):
     inviter = await new_member("o-window-inviter", created_at=NOW - timedelta(days=400))
     fresh = await new_member("o-fresh", created_at=NOW - referral.NEW_MEMBER_WINDOW + timedelta(seconds=1))
@@ -124,6 +127,7 @@ async def test_a_member_who_paid_is_not_bound(db, redis):
     assert await Referral.all().count() == 0
 
 
+@pytest.mark.smoke
 async def test_no_reverse_pair(db):
     a = await new_member("o-rev-a")
     b = await new_member("o-rev-b")

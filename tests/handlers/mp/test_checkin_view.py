@@ -130,6 +130,7 @@ async def test_daily_cap_partial_then_zero(client, login, clock, redis):
     await assert_ledger_consistent()
 
 
+@pytest.mark.smoke
 async def test_a_capped_checkin_keeps_the_streak_growth_and_calendar(client, login, clock, redis):
     """CONTRACT.md: a member whose daily cap is spent still checks in, with 0 points."""
     from app.domain import antiabuse

@@ -226,6 +226,7 @@ async def test_the_window_is_the_apps_clock(client, member, clock):
     assert (await post(client, text(oa_openid, "帮助"), params=params))[0] == 403
 
 
+@pytest.mark.smoke
 async def test_a_signature_seen_before_is_403_whatever_the_body(client, member, redis):
     """A signature copied from an access log: the same query with another body runs nothing."""
     mp, oa_openid = await member("replay")
