@@ -7,8 +7,8 @@ WECHAT_OA_AES_KEY set a push must come encrypted and its msg_signature must hold
 
 WeChat gives a push 5 seconds, then retries it (3 tries in all, each with a new timestamp,
 nonce and signature, but the same MsgId or FromUserName+CreateTime). So a Redis SET NX on the
-push's dedup key makes sure a retry never runs a handler twice, and a handler still busy after `oa_reply_timeout`
-(4 s) answers `success` now and its reply later as a customer-service message.
+push's dedup key makes sure a retry never runs a handler twice, and a handler still busy after
+`oa_reply_timeout` (4 s) answers `success` now and its reply later as a customer-service message.
 Never a 500 to WeChat: a failure is logged and answered `success`.
 """
 from __future__ import annotations
