@@ -1,13 +1,17 @@
 """The blacklist (seed 004, risk control): a member id or a device id that earns nothing, gets no
 referral reward and cannot log in (antiabuse.is_blacklisted reads it; Member.blacklisted is the
-fast flag check-in reads). Every change is an audit row written in the same transaction.
+fast flag check-in reads). A blacklisted member's sessions end at once, and redeeming rewards
+and using coupons are refused (403 `blacklisted`, `refuse_blacklisted`). Every change is an
+audit row written in the same transaction.
 """
 from __future__ import annotations
 
+from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from app.errors import InvalidField, NotFound
+from app.domain import antiabuse, members
+from app.errors import Forbidden, InvalidField, NotFound
 from app.models import AuditLog, Blacklist, Member
 
 KINDS = ("member", "device")
@@ -33,8 +37,9 @@ async def _check(kind: str, value: str) -> str:
     return value
 
 
-async def add(*, kind: str, value: str, reason: str, actor: str) -> tuple[Blacklist, bool]:
-    """Blacklist a member or a device once; again is a no-op returning the existing row (False)."""
+async def add(*, redis: Redis, kind: str, value: str, reason: str, actor: str) -> tuple[Blacklist, bool]:
+    """Blacklist a member or a device once; again is a no-op returning the existing row (False).
+    Every session of a blacklisted member ends at once (again too: a retry finishes the job)."""
     value = await _check(kind, value)
     reason = (reason or "").strip()[:255]
     try:
@@ -44,9 +49,22 @@ async def add(*, kind: str, value: str, reason: str, actor: str) -> tuple[Blackl
                 await Member.filter(id=int(value)).using_db(conn).update(blacklisted=True)
             await AuditLog.create(actor=actor, action="blacklist.add", target=f"{kind}:{value}",
                                   before=None, after=render(row), using_db=conn)
+        created = True
     except IntegrityError:
-        return await Blacklist.get(kind=kind, value=value), False
-    return row, True
+        row, created = await Blacklist.get(kind=kind, value=value), False
+    if kind == "member":
+        # after the commit: a login checking the blacklist meanwhile sees it, or its session
+        # is already listed and ends here (members.login)
+        await members.revoke_sessions(redis=redis, member_id=int(value))
+    return row, created
+
+
+async def refuse_blacklisted(*, member_id: int) -> None:
+    """403 `blacklisted` when the member is on the blacklist: it may not redeem rewards or use
+    coupons."""
+    if await Member.filter(id=member_id, blacklisted=True).exists() or \
+            await antiabuse.is_blacklisted(member_id=member_id):
+        raise Forbidden("this member is blacklisted", code="blacklisted")
 
 
 async def remove(*, kind: str, value: str, actor: str) -> Blacklist:

@@ -15,7 +15,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from app.domain import antiabuse, points, tiers
-from app.domain.clock import business_day, seconds_until_next_day
+from app.domain.clock import business_day
 from app.domain.rules import Rules
 from app.errors import Conflict, Forbidden, InvalidField, NotFound, RateLimited
 from app.models import Checkin, LedgerEntry, Member
@@ -38,7 +38,9 @@ def next_streak(*, last: date | None, streak: int, today: date, cycle: int) -> i
 
 
 async def check_in(*, redis: Redis, rules: Rules, member_id: int, now: datetime, tz: ZoneInfo) -> CheckinResult:
-    """Check in once per business day (409 already_checked_in), under the daily cap of 200."""
+    """Check in once per business day (409 already_checked_in). The points come under the daily
+    cap of 200; a member whose cap is spent still checks in (streak, growth, calendar) with 0
+    points and `capped` true."""
     today = business_day(now, tz)
     member = await Member.get_or_none(id=member_id)
     if member is None:
@@ -58,14 +60,14 @@ async def check_in(*, redis: Redis, rules: Rules, member_id: int, now: datetime,
             row = await Checkin.create(member_id=member_id, day=today, points=wanted, using_db=conn)
             granted = await antiabuse.reserve_cap(redis=redis, member_id=member_id, day=today,
                                                   wanted=wanted, cap=rules.points.daily_cap)
-            if granted <= 0 and wanted > 0:
-                raise RateLimited("the daily points cap is reached; check in again tomorrow",
-                                  retry_after=seconds_until_next_day(now, tz), code="daily_cap_reached")
+            # Capped to 0, the entry still carries the day's growth (growth_delta) under the
+            # same once-only key: the cap limits points, never the check-in itself.
             posting = await points.credit(
                 conn=conn, member_id=member_id, amount=granted, reason="checkin",
                 key=f"checkin:{member_id}:{today.isoformat()}", now=now,
                 expiry_months=rules.points.expiry_months, growth=rules.growth.per_checkin,
-                capped_on=today, also={"streak": streak, "last_checkin": today})
+                capped_on=today, note="capped" if granted < wanted else "",
+                also={"streak": streak, "last_checkin": today})
             if granted < wanted:
                 await Checkin.filter(id=row.id).using_db(conn).update(points=granted)
             if rules.tier_for_growth(posting.growth).key != posting.tier:

@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from app.domain import members
+from app.domain import blacklist, members
 from app.errors import Conflict, NotFound
 from app.models import AuditLog, Coupon, CouponTemplate, Member
 
@@ -122,7 +122,8 @@ async def of_member(*, member_id: int, limit: int = 200) -> list[Coupon]:
 
 
 async def redeem(*, code: str, operator: str, now: datetime) -> Coupon:
-    """Staff redeem (核销) a coupon by code, once: 404 coupon_not_found, 409 coupon_used / coupon_expired.
+    """Staff redeem (核销) a coupon by code, once: 404 coupon_not_found, 409 coupon_used / coupon_expired,
+    403 blacklisted when its member is on the blacklist.
 
     The conditional UPDATE (used_at still empty, not expired) checked by its row count decides
     between simultaneous redemptions; the audit row is written in the same transaction.
@@ -132,6 +133,7 @@ async def redeem(*, code: str, operator: str, now: datetime) -> Coupon:
     coupon = await Coupon.get_or_none(code=code)
     if coupon is None:
         raise NotFound("no coupon has this code", code="coupon_not_found")
+    await blacklist.refuse_blacklisted(member_id=coupon.member_id)
     async with in_transaction() as conn:
         updated = await Coupon.filter(id=coupon.id, used_at=None, expires_at__gt=now).using_db(conn) \
             .update(used_at=now, used_by=operator)

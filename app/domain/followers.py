@@ -52,9 +52,9 @@ async def find_member(*, oa_openid: str, wechat: WeChatClient, unionid: str | No
     return member
 
 
-async def follow(*, member: Member | None, scene: str | None) -> Referral | None:
+async def follow(*, member: Member | None, scene: str | None, now: datetime) -> Referral | None:
     """A subscribe or SCAN: the member follows the account; a scene `i=CODE` binds the
-    referral exactly as an invite_code at login does (source "oa_scene")."""
+    referral by the same rule as an invite_code at login (referral.bind, source "oa_scene")."""
     if member is None:
         return None
     if not member.followed:
@@ -63,7 +63,7 @@ async def follow(*, member: Member | None, scene: str | None) -> Referral | None
     code = parse_invite_scene(scene)
     if code is None:
         return None
-    return await referral.bind(invitee=member, invite_code=code, source="oa_scene")
+    return await referral.bind(invitee=member, invite_code=code, source="oa_scene", now=now)
 
 
 async def unfollow(*, oa_openid: str) -> int:

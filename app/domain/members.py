@@ -40,11 +40,37 @@ def _token_key(token: str) -> str:
     return "session:" + hashlib.sha256(token.encode()).hexdigest()
 
 
+def _sessions_key(member_id: int) -> str:
+    return f"member-sessions:{member_id}"
+
+
 async def open_session(*, redis: Redis, member_id: int) -> str:
-    """An opaque random token; only its hash is stored, in Redis, for 7 days."""
+    """An opaque random token; only its hash is stored, in Redis, for 7 days, and listed
+    under the member so that `revoke_sessions` can end them all."""
     token = secrets.token_urlsafe(32)
-    await redis.set(_token_key(token), member_id, ex=SESSION_TTL)
+    key, listed = _token_key(token), _sessions_key(member_id)
+    # not a MULTI: on a Redis Cluster the two keys live in different slots
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(key, member_id, ex=SESSION_TTL)
+        pipe.sadd(listed, key)
+        pipe.expire(listed, SESSION_TTL)  # the list outlives its newest session, no longer
+        await pipe.execute()
     return token
+
+
+async def revoke_sessions(*, redis: Redis, member_id: int) -> int:
+    """End every session of the member at once (a blacklisting): its tokens answer 401 from
+    now on. Returns how many were still open."""
+    listed = _sessions_key(member_id)
+    keys = list(await redis.smembers(listed))
+    if not keys:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.delete(key)
+        pipe.srem(listed, *keys)
+        results = await pipe.execute()
+    return sum(int(n) for n in results[:-1])
 
 
 async def session_member_id(*, redis: Redis, token: str) -> int:
@@ -97,7 +123,7 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
         if is_new and invite_code:
             from app.domain import referral  # referral imports members: bind lazily
 
-            await referral.bind(invitee=member, invite_code=invite_code, source="login")
+            await referral.bind(invitee=member, invite_code=invite_code, source="login", now=now)
         if is_new:
             from app.domain import payments  # a small edit, kept local to the new-member path
 
@@ -107,11 +133,16 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
     elif unionid and not member.unionid:
         await Member.filter(id=member.id).update(unionid=unionid)
         member.unionid = unionid
-    if member.blacklisted or await antiabuse.is_blacklisted(member_id=member.id):
+    if member.blacklisted:
         raise Forbidden("this member is blocked", code="blacklisted")
 
-    await redis.set(f"session_key:{member.id}", session.get("session_key", ""), ex=SESSION_TTL)
     token = await open_session(redis=redis, member_id=member.id)
+    # Checked after the session is listed: a blacklisting that lands meanwhile either is seen
+    # here or revokes this session after it (blacklist.add commits, then revokes).
+    if await antiabuse.is_blacklisted(member_id=member.id):
+        await redis.delete(_token_key(token))
+        raise Forbidden("this member is blocked", code="blacklisted")
+    await redis.set(f"session_key:{member.id}", session.get("session_key", ""), ex=SESSION_TTL)
     return Login(token=token, expires_in=SESSION_TTL, is_new=is_new, member=member)
 
 
@@ -126,7 +157,8 @@ async def _register(*, redis: Redis, rules: Rules, appid: str, openid: str, unio
             message="this device has registered too many members today")
     for _ in range(5):
         try:
-            member = await Member.create(appid=appid, openid=openid, unionid=unionid,
+            # created_at from the app's clock: the referral window is measured on it
+            member = await Member.create(appid=appid, openid=openid, unionid=unionid, created_at=now,
                                          device_id=device_id, invite_code=new_invite_code())
             return member, True
         except IntegrityError:

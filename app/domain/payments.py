@@ -249,7 +249,8 @@ async def _after_paid(*, redis: Redis | None, rules: Rules, member_id: int, paym
     # "Not refunded within the notification": a payment fully refunded by now earns no reward.
     live = await Payment.filter(id=payment_id, refunded_fen__lt=F("payer_total_fen")).exists()
     if live:
-        await referral.reward_first_order(redis=redis, rules=rules, invitee_id=member_id, now=now, tz=tz)
+        await referral.reward_first_order(redis=redis, rules=rules, invitee_id=member_id,
+                                          payment_id=payment_id, now=now, tz=tz)
 
 
 async def credit_pending(*, member: Member, now: datetime, tz: ZoneInfo | None = None,

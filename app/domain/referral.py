@@ -1,32 +1,59 @@
-"""Referrals: an invitee bound to its inviter once; rewards on the invitee's first paid order."""
+"""Referrals: a new member bound to its inviter once; rewards on the invitee's first paid order.
+
+One rule binds, whether the code came with the login (`invite_code`) or with an official-account
+scene (`i=CODE`): only a member registered within NEW_MEMBER_WINDOW (24 hours) who never paid,
+so two long-standing members cannot mint rewards by scanning each other's codes."""
 from __future__ import annotations
 
 import asyncio
 import secrets
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from app.domain import antiabuse, points
 from app.domain.clock import business_day, day_start
 from app.domain.rules import Rules
 from app.errors import NotFound, Unavailable
-from app.models import Member, Referral
+from app.models import Member, Payment, Referral
 from app.wechat.client import WeChatClient, WeChatError, WeChatUnavailable
 
 
-async def bind(*, invitee: Member, invite_code: str, source: str) -> Referral | None:
-    """Bind once: no self-invite, no re-binding, and not from a device that registered a member before."""
+NEW_MEMBER_WINDOW = timedelta(hours=24)
+"""How long after registering a member can still be bound to an inviter."""
+
+
+def pair_key(a: int, b: int) -> str:
+    """The unordered pair of two members: the same for A invites B and B invites A."""
+    return f"{min(a, b)}:{max(a, b)}"
+
+
+async def is_new(member: Member, *, now: datetime) -> bool:
+    """Registered within NEW_MEMBER_WINDOW (24 hours) before `now` and never paid: not as a
+    member and not before it (an order waiting for its payer's first login counts as paid)."""
+    since = (now - NEW_MEMBER_WINDOW).astimezone(timezone.utc)  # SQLite compares UTC text
+    if not await Member.filter(id=member.id, created_at__gte=since, last_paid_at=None).exists():
+        return False
+    return not await Payment.filter(Q(member_id=member.id) | Q(openid=member.openid)).exists()
+
+
+async def bind(*, invitee: Member, invite_code: str, source: str, now: datetime) -> Referral | None:
+    """Bind a new member (`is_new`: registered within 24 hours, never paid) to the owner of
+    `invite_code`, once: no self-invite, no re-binding, no reverse pair (A invites B and B
+    invites A), not from a device that registered a member before. None: not bound."""
     code = (invite_code or "").strip().upper()
     if not code or len(code) > 16:
         return None
     inviter = await Member.get_or_none(invite_code=code)
     if inviter is None or inviter.id == invitee.id:
+        return None
+    if not await is_new(invitee, now=now):
         return None
     if invitee.device_id and await Member.filter(
             device_id=invitee.device_id, id__lt=invitee.id).exists():
@@ -34,10 +61,13 @@ async def bind(*, invitee: Member, invite_code: str, source: str) -> Referral | 
     if inviter.device_id and inviter.device_id == invitee.device_id:
         return None
     try:
-        referral = await Referral.create(inviter_id=inviter.id, invitee_id=invitee.id, source=source)
+        async with in_transaction() as conn:
+            # unique invitee: the first binding stands; unique pair_key: of A->B and B->A, one
+            referral = await Referral.create(inviter_id=inviter.id, invitee_id=invitee.id, source=source,
+                                             pair_key=pair_key(inviter.id, invitee.id), using_db=conn)
+            await Member.filter(id=invitee.id, inviter_id=None).using_db(conn).update(inviter_id=inviter.id)
     except IntegrityError:
-        return None  # already bound: the first binding stands
-    await Member.filter(id=invitee.id, inviter_id=None).update(inviter_id=inviter.id)
+        return None
     return referral
 
 
@@ -69,12 +99,20 @@ async def _give_back_slot(*, redis: Redis, inviter_id: int, day: date) -> None:
 
 
 async def reward_first_order(*, redis: Redis, rules: Rules, invitee_id: int, now: datetime,
-                             tz: ZoneInfo) -> bool:
-    """On the invitee's first paid order: inviter +50 and invitee +50, both under the daily cap of
-    200 (a partial award is fine), at most 20 rewarded invites per inviter per business day, one
-    reward per invitee forever, nothing when either is blacklisted. True when this call rewarded."""
+                             tz: ZoneInfo, payment_id: int | None = None) -> bool:
+    """On the invitee's first paid order (its earliest payment: `payment_id` when given, else
+    that one if it is credited and not refunded in full): inviter +50 and invitee +50, both
+    under the daily cap of 200 (a partial award is fine), at most 20 rewarded invites per
+    inviter per business day, one reward per invitee forever, nothing when either is
+    blacklisted. True when this call rewarded."""
     referral = await Referral.get_or_none(invitee_id=invitee_id, rewarded_at=None, reward_skipped=None)
     if referral is None:
+        return False
+    first = await Payment.filter(member_id=invitee_id).order_by("id").first()
+    if first is None or (payment_id is not None and first.id != payment_id) or \
+            (payment_id is None and not (first.credited and first.refunded_fen < first.payer_total_fen)):
+        # Not the first order. The referral is left as it is, not marked: a mark could beat
+        # the first order's own call racing this one and cost the reward it is owed.
         return False
     inviter_id = referral.inviter_id
     people = {m.id: m for m in await Member.filter(id__in=[inviter_id, invitee_id])}

@@ -23,7 +23,7 @@ from tortoise.expressions import F
 from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
-from app.domain import points
+from app.domain import blacklist, points
 from app.domain import rules as rules_mod
 from app.errors import Conflict, InvalidField, NotFound, Unavailable
 from app.models import AuditLog, Coupon, CouponTemplate, Member, Redemption, Reward
@@ -72,6 +72,7 @@ async def redeem(*, reward_id: int, member_id: int, now: datetime, pay: PayClien
     reward = await Reward.get_or_none(id=reward_id)
     if reward is None or not is_on_sale(reward, now):
         raise NotFound("no such item in the points mall", code="reward_not_found")
+    await blacklist.refuse_blacklisted(member_id=member_id)  # 403 blacklisted, before anything is spent
     cash = int(reward.cash_fen) > 0
     if cash and (pay is None or not notify_url):
         raise Unavailable("WeChat Pay is not configured for points + cash items", code="pay_not_configured")

@@ -27,8 +27,8 @@ from defusedxml.ElementTree import DefusedXMLParser
 from wechatpy.crypto import WeChatCrypto
 
 __all__ = [
-    "SUCCESS", "OAProtocolError", "OACrypto", "OAMessage",
-    "check_signature", "check_msg_signature", "parse_xml", "parse_message",
+    "SUCCESS", "OAProtocolError", "OASignatureError", "OACrypto", "OAMessage",
+    "check_signature", "check_msg_signature", "fresh_timestamp", "parse_xml", "parse_message",
     "parse_scene", "parse_invite_scene", "text_reply", "cdata",
 ]
 
@@ -39,6 +39,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_DEPTH = 3            # <xml> is depth 1; WeChat nests at most one level below its children
 MAX_ELEMENTS = 200
 MAX_TEXT_BYTES = 8 * 1024
+MAX_SKEW_SECONDS = 300   # a push's `timestamp` may be this far from our clock, either way
 
 
 class OAProtocolError(ValueError):
@@ -47,6 +48,10 @@ class OAProtocolError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class OASignatureError(OAProtocolError):
+    """The push is not signed by the holder of the token (a bad `msg_signature`): 403, not 400."""
 
 
 # ---------------------------------------------------------------- signatures
@@ -62,6 +67,14 @@ def check_signature(*, token: str, signature: str, timestamp: str, nonce: str) -
     expected = _sha1_sorted(token, timestamp, nonce)
     # compare_digest so a forger cannot learn the signature byte by byte from timing
     return hmac.compare_digest(expected.encode(), signature.strip().lower().encode())
+
+
+def fresh_timestamp(timestamp: str, *, now: int, skew: int = MAX_SKEW_SECONDS) -> bool:
+    """True when `timestamp` (unix seconds, digits only) is within `skew` (5 minutes) of `now`.
+    A signature copied from an access log is worthless once its timestamp is stale."""
+    if not timestamp.isdigit() or len(timestamp) > 12:
+        return False
+    return abs(int(timestamp) - now) <= skew
 
 
 def check_msg_signature(*, token: str, msg_signature: str, timestamp: str, nonce: str,
@@ -190,8 +203,8 @@ class OACrypto:
         """Return the plaintext XML inside a safe-mode push.
 
         `body_or_encrypt` is the POST body (`<xml><Encrypt>…`) or the bare Encrypt value
-        (base64, which never starts with `<`). A bad msg_signature, a foreign appid or broken
-        ciphertext: `OAProtocolError`.
+        (base64, which never starts with `<`). A bad msg_signature: `OASignatureError`; a
+        foreign appid or broken ciphertext: `OAProtocolError`.
         """
         raw = body_or_encrypt.encode("utf-8") if isinstance(body_or_encrypt, str) else body_or_encrypt
         if raw.lstrip().startswith(b"<"):
@@ -203,7 +216,7 @@ class OACrypto:
             raise OAProtocolError("no Encrypt field")
         if not check_msg_signature(token=self.token, msg_signature=msg_signature,
                                    timestamp=timestamp, nonce=nonce, encrypt=encrypt):
-            raise OAProtocolError("bad msg_signature")
+            raise OASignatureError("bad msg_signature")
         try:
             # a dict, so wechatpy skips its own xmltodict parse; it re-checks the signature
             plain = self._crypto.decrypt_message({"Encrypt": encrypt}, msg_signature,
@@ -254,11 +267,12 @@ class OAMessage:
 
     @property
     def dedup_key(self) -> str:
-        """`msg:{MsgId}` for messages, `evt:{FromUserName}:{CreateTime}:{event}` for events.
-        WeChat retries an unanswered push 3 times; the key is the same on every retry."""
+        """`msg:{MsgId}` for messages, `evt:{FromUserName}:{CreateTime}:{event}:{EventKey}` for
+        events. WeChat retries an unanswered push 3 times; the key is the same on every retry,
+        and two menu clicks within one second (same CreateTime, other EventKey) are two pushes."""
         if self.msg_id:
             return f"msg:{self.msg_id}"
-        return f"evt:{self.from_user}:{self.create_time}:{self.event or self.msg_type}"
+        return f"evt:{self.from_user}:{self.create_time}:{self.event or self.msg_type}:{self.event_key}"
 
 
 def parse_message(fields: Mapping[str, str]) -> OAMessage:

@@ -6,6 +6,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, Field, StrictStr
 
+from app import keys
 from app.domain import blacklist
 from handlers.admin.auth import require_admin
 from handlers.bodies import parse
@@ -25,7 +26,8 @@ async def listing(request: web.Request) -> web.Response:
 async def add(request: web.Request) -> web.Response:
     actor = require_admin(request)
     body = await parse(request, BlacklistBody)
-    row, created = await blacklist.add(kind=body.kind, value=str(body.value), reason=body.reason, actor=actor)
+    row, created = await blacklist.add(redis=request.app[keys.redis_key], kind=body.kind, value=str(body.value),
+                                       reason=body.reason, actor=actor)
     return web.json_response({**blacklist.render(row), "created": created}, status=201 if created else 200)
 
 

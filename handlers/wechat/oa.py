@@ -1,24 +1,28 @@
 """`GET/POST /wechat/oa`: the official account's webhook (plain and safe mode).
 
-WeChat gives a push 5 seconds, then retries it (3 tries in all, same MsgId or same
-FromUserName+CreateTime). So: the signature first, then a Redis SET NX on the push's dedup key
-so a retry never runs a handler twice, and a handler still busy after `oa_reply_timeout`
-(4 s) answers `success` now and its reply later as a customer-service message.
+Before anything is read: the signature, a `timestamp` within 5 minutes of the app's clock, and
+a (timestamp, nonce) never seen before (remembered in Redis for the whole window), else 403;
+so a signature copied from an access log can be replayed neither later nor at once. With
+WECHAT_OA_AES_KEY set a push must come encrypted and its msg_signature must hold (403).
+
+WeChat gives a push 5 seconds, then retries it (3 tries in all, each with a new timestamp,
+nonce and signature, but the same MsgId or FromUserName+CreateTime). So a Redis SET NX on the
+push's dedup key makes sure a retry never runs a handler twice, and a handler still busy after
+`oa_reply_timeout` (4 s) answers `success` now and its reply later as a customer-service message.
 Never a 500 to WeChat: a failure is logged and answered `success`.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from aiohttp import web
 
 from app import keys
 from app.errors import DomainError
 from app.wechat.oa import (
-    MAX_BODY_BYTES, SUCCESS, OACrypto, OAMessage, OAProtocolError, check_signature, parse_message,
-    parse_xml, text_reply,
+    MAX_BODY_BYTES, MAX_SKEW_SECONDS, SUCCESS, OACrypto, OAMessage, OAProtocolError, OASignatureError,
+    check_signature, fresh_timestamp, parse_message, parse_xml, text_reply,
 )
 from app.wechat.client import WeChatError
 from handlers.wechat.oa_routes import OAContext, router
@@ -28,6 +32,9 @@ log = logging.getLogger("app.oa")
 SANDBOX_TOKEN = "sandbox-oa-token"
 SANDBOX_APPID = "wx-sandbox-oa"
 DEDUP_TTL = 300
+# a (timestamp, nonce) is remembered while its timestamp could still pass the window: a
+# timestamp up to 5 minutes ahead stays acceptable until 5 minutes after it
+SEEN_TTL = 2 * MAX_SKEW_SECONDS + 60
 # how long a retry waits for the first delivery's reply before answering `success`
 RETRY_POLL = 0.05
 
@@ -36,37 +43,54 @@ def _token(settings) -> str | None:
     return settings.oa_token or (SANDBOX_TOKEN if settings.sandbox else None)
 
 
-def _signed(request: web.Request) -> bool:
-    token = _token(request.app[keys.settings_key])
+async def _authentic(request: web.Request) -> None:
+    """Refuse (403) a request whose signature is bad, whose timestamp is more than 5 minutes
+    from the app's clock, or whose (timestamp, nonce) was seen before; the body is not read."""
+    app = request.app
+    token = _token(app[keys.settings_key])
     if token is None:
         raise web.HTTPServiceUnavailable(text="official account token not configured")
     q = request.query
-    return check_signature(token=token, signature=q.get("signature", ""),
-                           timestamp=q.get("timestamp", ""), nonce=q.get("nonce", ""))
+    timestamp, nonce = q.get("timestamp", ""), q.get("nonce", "")
+    if not check_signature(token=token, signature=q.get("signature", ""), timestamp=timestamp, nonce=nonce):
+        raise web.HTTPForbidden(text="bad signature")
+    if not fresh_timestamp(timestamp, now=int(app[keys.clock_key].now().timestamp())):
+        raise web.HTTPForbidden(text="stale timestamp")
+    if len(nonce) > 64:
+        raise web.HTTPForbidden(text="bad nonce")
+    # After the signature, so a forger cannot fill this memory; before the body, so a replay
+    # is refused unread. GET and POST share it: a logged verification URL is no push either.
+    if not await app[keys.redis_key].set(f"oa:seen:{timestamp}:{nonce}", 1, nx=True, ex=SEEN_TTL):
+        raise web.HTTPForbidden(text="replayed signature")
 
 
 async def verify(request: web.Request) -> web.Response:
-    """URL verification: echo `echostr` when the signature is good."""
-    if not _signed(request):
-        raise web.HTTPForbidden(text="bad signature")
+    """URL verification: echo `echostr` when the signature is good, fresh and new."""
+    await _authentic(request)
     return web.Response(text=request.query.get("echostr", ""), content_type="text/plain")
 
 
 async def receive(request: web.Request) -> web.Response:
     """One push: verify, decrypt (safe mode), parse, deduplicate, route, reply."""
-    if not _signed(request):
-        raise web.HTTPForbidden(text="bad signature")
+    await _authentic(request)
     settings = request.app[keys.settings_key]
+    q = request.query
+    encrypted = q.get("encrypt_type", "").lower() == "aes"
+    if settings.oa_aes_key and not encrypted:
+        # safe mode: a plaintext push is not what WeChat sends, whoever signed its URL
+        raise web.HTTPForbidden(text="plaintext push refused in safe mode")
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
     raw = await request.read()
-    q = request.query
     crypto = None
     try:
-        if q.get("encrypt_type", "").lower() == "aes":
+        if encrypted:
             crypto = _crypto(settings)
             raw = crypto.decrypt(raw, q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", ""))
         msg = parse_message(parse_xml(raw))
+    except OASignatureError:
+        log.warning("refused OA push", extra={"fields": {"reason": "bad msg_signature"}})
+        raise web.HTTPForbidden(text="bad msg_signature") from None
     except OAProtocolError as exc:
         log.warning("refused OA push", extra={"fields": {"reason": exc.reason}})
         raise web.HTTPBadRequest(text="malformed push") from None
@@ -78,10 +102,11 @@ async def receive(request: web.Request) -> web.Response:
         content = None
     if not content:
         return web.Response(text=SUCCESS, content_type="text/plain")
-    reply = text_reply(msg, content, now=int(time.time()))
+    now = int(request.app[keys.clock_key].now().timestamp())
+    reply = text_reply(msg, content, now=now)
     if crypto is not None:
         try:
-            reply = crypto.encrypt(reply, q.get("nonce", ""), q.get("timestamp", "") or int(time.time()))
+            reply = crypto.encrypt(reply, q.get("nonce", ""), q.get("timestamp", "") or now)
         except OAProtocolError as exc:
             # the push was handled; only its reply cannot be wrapped (an odd nonce)
             log.warning("OA reply not encrypted", extra={"fields": {"reason": exc.reason}})

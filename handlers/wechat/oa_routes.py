@@ -14,7 +14,7 @@ from datetime import datetime
 from aiohttp import web
 
 from app import keys
-from app.domain import card, checkin, followers, rules
+from app.domain import card, checkin, followers, referral, rules
 from app.domain.clock import business_day
 from app.models import Member
 from app.wechat.oa import OAMessage
@@ -28,8 +28,6 @@ KEYWORDS = "回复「签到」每日签到，「积分」查积分，「会员�
 NOT_A_MEMBER = ("你还不是会员：在微信里搜索并打开我们的小程序，登录即可成为会员，"
                 "之后回到这里就能签到、查积分。")
 WELCOME = "欢迎关注！" + KEYWORDS
-# the mini-program page an invite opens; the invite code travels as its query
-INVITE_PAGE = "pages/index/index"
 
 
 @dataclass
@@ -113,7 +111,8 @@ async def on_card(msg: OAMessage, ctx: OAContext, member: Member) -> str:
 @members_only
 async def on_invite(msg: OAMessage, ctx: OAContext, member: Member) -> str:
     return (f"你的邀请码：{member.invite_code}\n"
-            f"把小程序页面 {INVITE_PAGE}?invite_code={member.invite_code} 分享给好友，"
+            # the one share path of CONTRACT.md, as /mp/referral gives it
+            f"把小程序页面 {referral.share_path(member.invite_code)} 分享给好友，"
             "好友首单支付后你们各得积分。")
 
 
@@ -126,7 +125,7 @@ async def on_help(msg: OAMessage, ctx: OAContext) -> str:
 @router.event("subscribe", "scan")
 async def on_subscribe(msg: OAMessage, ctx: OAContext) -> str:
     member = await ctx.member(msg)
-    bound = await followers.follow(member=member, scene=msg.scene)
+    bound = await followers.follow(member=member, scene=msg.scene, now=ctx.now)
     if msg.event == "scan":
         text = "已收到。" + KEYWORDS
     else:

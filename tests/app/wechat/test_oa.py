@@ -10,8 +10,8 @@ from wechatpy.crypto import WeChatCrypto
 
 from app.wechat import oa
 from app.wechat.oa import (
-    SUCCESS, OACrypto, OAMessage, OAProtocolError, cdata, check_msg_signature, check_signature,
-    parse_invite_scene, parse_message, parse_scene, parse_xml, text_reply,
+    SUCCESS, OACrypto, OAMessage, OAProtocolError, OASignatureError, cdata, check_msg_signature,
+    check_signature, fresh_timestamp, parse_invite_scene, parse_message, parse_scene, parse_xml, text_reply,
 )
 
 TOKEN = "tok3n"
@@ -115,9 +115,9 @@ def test_wrong_msg_signature_is_refused_before_decryption():
     body, q = safe_envelope("<xml><A>1</A></xml>")
     with mock.patch.object(crypto._crypto, "decrypt_message") as decrypt, \
          mock.patch("wechatpy.crypto.PrpCrypto.decrypt") as prp:
-        with pytest.raises(OAProtocolError, match="msg_signature"):
+        with pytest.raises(OASignatureError, match="msg_signature"):
             crypto.decrypt(body, "0" * 40, q["timestamp"], q["nonce"])
-        with pytest.raises(OAProtocolError, match="msg_signature"):
+        with pytest.raises(OASignatureError, match="msg_signature"):
             crypto.decrypt(body, q["msg_signature"], q["timestamp"], "other")
     decrypt.assert_not_called()
     prp.assert_not_called()
@@ -268,7 +268,7 @@ def test_text_message():
 def test_click_event():
     msg = message("event", Event="CLICK", EventKey="CHECKIN")
     assert (msg.msg_type, msg.event, msg.event_key, msg.msg_id, msg.scene) == ("event", "click", "CHECKIN", None, None)
-    assert msg.dedup_key == f"evt:{OPENID}:1700000000:click"
+    assert msg.dedup_key == f"evt:{OPENID}:1700000000:click:CHECKIN"
 
 
 def test_subscribe_from_a_qr_code():
@@ -289,7 +289,7 @@ def test_scan_by_a_follower():
 
 def test_unsubscribe():
     msg = message("event", Event="unsubscribe")
-    assert (msg.event, msg.scene, msg.dedup_key) == ("unsubscribe", None, f"evt:{OPENID}:1700000000:unsubscribe")
+    assert (msg.event, msg.scene, msg.dedup_key) == ("unsubscribe", None, f"evt:{OPENID}:1700000000:unsubscribe:")
 
 
 def test_user_get_card():
@@ -333,6 +333,22 @@ def test_retries_share_a_dedup_key_and_distinct_pushes_do_not():
     assert a.dedup_key == message("event", Event="subscribe").dedup_key
     assert a.dedup_key != message("event", Event="unsubscribe").dedup_key
     assert a.dedup_key != parse_message(parse_xml(push("event", create_time=1700000001, Event="subscribe"))).dedup_key
+
+
+def test_two_menu_clicks_in_one_second_are_two_pushes():
+    checkin = message("event", Event="CLICK", EventKey="CHECKIN")
+    points = message("event", Event="CLICK", EventKey="MY_POINTS")
+    assert checkin.create_time == points.create_time
+    assert checkin.dedup_key != points.dedup_key
+    assert checkin.dedup_key == message("event", Event="CLICK", EventKey="CHECKIN").dedup_key
+
+
+def test_a_timestamp_is_fresh_within_five_minutes_either_way():
+    now = 1_700_000_000
+    for offset in (0, 300, -300):
+        assert fresh_timestamp(str(now + offset), now=now)
+    for stale in (str(now + 301), str(now - 301), "", "-5", "1e9", "17000000000000", " 1700000000"):
+        assert not fresh_timestamp(stale, now=now)
 
 
 @pytest.mark.parametrize("drop", ["ToUserName", "FromUserName", "MsgType"])

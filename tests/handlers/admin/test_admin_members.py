@@ -111,15 +111,16 @@ async def test_blacklisting_a_member_blocks_login_and_earning(client, login):
 
     resp = await client.post("/mp/login", json={"code": "sim:o-bad"})
     assert resp.status == 403 and (await resp.json())["error"]["code"] == "blacklisted"
-    resp = await m.post("/mp/checkin")  # the session it already had earns nothing either
-    assert resp.status == 403 and (await resp.json())["error"]["code"] == "blacklisted"
+    resp = await m.post("/mp/checkin")  # the session it already had ended with the blacklisting
+    assert resp.status == 401 and (await resp.json())["error"]["code"] == "session_expired"
     listed = await (await client.get("/admin/blacklist", headers=ADMIN)).json()
     assert listed["items"][0]["value"] == str(m.id)
 
     resp = await client.delete(f"/admin/blacklist/member/{m.id}", headers=ADMIN)
     assert resp.status == 200
     assert (await Member.get(id=m.id)).blacklisted is False
-    assert (await client.post("/mp/login", json={"code": "sim:o-bad"})).status == 200
+    assert (await m.post("/mp/checkin")).status == 401  # an ended session stays ended
+    m = await login("o-bad")
     assert (await m.post("/mp/checkin")).status == 200
     resp = await client.delete(f"/admin/blacklist/member/{m.id}", headers=ADMIN)
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_blacklisted"
@@ -128,6 +129,34 @@ async def test_blacklisting_a_member_blocks_login_and_earning(client, login):
     assert [r.action for r in rows] == ["blacklist.add", "blacklist.remove"]
     assert rows[0].after["reason"] == "刷分" and rows[1].before["reason"] == "刷分" and rows[1].actor == "bob"
     await assert_ledger_consistent()
+
+
+async def test_blacklisting_ends_every_session_of_the_member_at_once(client, login):
+    sessions = [await login("o-many-phones") for _ in range(4)]
+    other = await login("o-bystander")
+    assert [(await s.get("/mp/me")).status for s in sessions] == [200] * 4
+    resp = await client.post("/admin/blacklist", headers=ADMIN, json={"kind": "member", "value": sessions[0].id})
+    assert resp.status == 201
+    for s in sessions:
+        for call in (s.get("/mp/me"), s.post("/mp/checkin"), s.get("/mp/coupons")):
+            r = await call
+            assert r.status == 401 and (await r.json())["error"]["code"] == "session_expired"
+    assert (await other.get("/mp/me")).status == 200
+    assert await LedgerEntry.filter(member_id=sessions[0].id).count() == 0
+
+
+async def test_logins_racing_a_blacklisting_keep_no_session(client, login):
+    """Logins in flight while the operator blacklists: none of their tokens works afterwards."""
+    m = await login("o-racer")
+    responses = await asyncio.gather(
+        *(client.post("/mp/login", json={"code": "sim:o-racer"}) for _ in range(8)),
+        client.post("/admin/blacklist", headers=ADMIN, json={"kind": "member", "value": m.id}))
+    assert responses[-1].status == 201
+    tokens = [m.token] + [(await r.json())["token"] for r in responses[:-1] if r.status == 200]
+    assert all(r.status in (200, 403) for r in responses[:-1])
+    for token in tokens:
+        r = await client.get("/mp/me", headers={"Authorization": f"Bearer {token}"})
+        assert r.status == 401
 
 
 async def test_blacklisting_a_device_blocks_its_logins(client, login):

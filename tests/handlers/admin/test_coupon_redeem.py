@@ -35,6 +35,17 @@ async def test_twenty_simultaneous_redemptions_one_wins(client, login, clock):
     assert await AuditLog.filter(action="coupon.redeem", target=f"coupon:{coupon.id}").count() == 1
 
 
+async def test_a_blacklisted_members_coupon_is_refused(client, login, clock):
+    clock.travel_to(NOW)
+    m = await login()
+    coupon = await give(m.id, "blocked")
+    assert (await client.post("/admin/blacklist", headers=ADMIN, json={"kind": "member", "value": m.id})).status == 201
+    resp = await client.post("/admin/coupons/redeem", json={"code": coupon.code}, headers=ADMIN)
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "blacklisted"
+    assert (await Coupon.get(id=coupon.id)).used_at is None
+    assert await AuditLog.filter(action="coupon.redeem").count() == 0
+
+
 async def test_expired_unknown_and_bad_requests(client, login, clock):
     clock.travel_to(NOW + timedelta(days=31))
     m = await login()

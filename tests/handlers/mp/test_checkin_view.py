@@ -107,7 +107,7 @@ async def test_makeup_needs_points(client, login, clock):
     assert (await m.get("/mp/checkin/calendar?month=2026-13")).status == 422
 
 
-async def test_daily_cap_partial_then_refused(client, login, clock, redis):
+async def test_daily_cap_partial_then_zero(client, login, clock, redis):
     from app.domain import antiabuse
 
     clock.travel_to(shanghai(2026, 11, 22, 8))
@@ -120,12 +120,58 @@ async def test_daily_cap_partial_then_refused(client, login, clock, redis):
     m2 = await login()
     await antiabuse.reserve_cap(redis=redis, member_id=m2.id, day=day, wanted=200, cap=200)
     r = await m2.post("/mp/checkin")
-    assert r.status == 429 and (await r.json())["error"]["code"] == "daily_cap_reached"
-    assert int(r.headers["Retry-After"]) == 16 * 3600
-    assert (await (await m2.get("/mp/me")).json())["points"] == 0
-    # The refused check-in left no trace: after the cap is lifted it goes through.
-    await redis.delete(f"cap:{m2.id}:{day.isoformat()}")
-    assert (await m2.post("/mp/checkin")).status == 200
+    assert r.status == 200
+    assert await r.json() == {"date": "2026-11-22", "streak": 1, "points_awarded": 0, "balance": 0,
+                              "capped": True}
+    me = await (await m2.get("/mp/me")).json()
+    assert (me["points"], me["growth"], me["streak"]) == (0, 5, 1)
+    again = await m2.post("/mp/checkin")
+    assert again.status == 409 and (await again.json())["error"]["code"] == "already_checked_in"
+    await assert_ledger_consistent()
+
+
+@pytest.mark.smoke
+async def test_a_capped_checkin_keeps_the_streak_growth_and_calendar(client, login, clock, redis):
+    """CONTRACT.md: a member whose daily cap is spent still checks in, with 0 points."""
+    from app.domain import antiabuse
+    from app.models import LedgerEntry
+
+    m = await login()
+    clock.travel_to(shanghai(2026, 11, 21, 8))
+    assert (await (await m.post("/mp/checkin")).json())["streak"] == 1
+    clock.travel_to(shanghai(2026, 11, 22, 8))
+    day = shanghai(2026, 11, 22, 8).date()
+    await antiabuse.reserve_cap(redis=redis, member_id=m.id, day=day, wanted=200, cap=200)
+    capped = await m.post("/mp/checkin")
+    assert capped.status == 200
+    assert await capped.json() == {"date": "2026-11-22", "streak": 2, "points_awarded": 0, "balance": 5,
+                                   "capped": True}
+    clock.travel_to(shanghai(2026, 11, 23, 8))
+    body = await (await m.post("/mp/checkin")).json()
+    assert (body["streak"], body["points_awarded"], body["capped"]) == (3, 5, False)
+    me = await (await m.get("/mp/me")).json()
+    assert (me["points"], me["growth"], me["streak"]) == (10, 15, 3)
+    cal = await (await m.get("/mp/checkin/calendar?month=2026-11")).json()
+    assert [(d["date"], d["points"]) for d in cal["days"]] == [
+        ("2026-11-21", 5), ("2026-11-22", 0), ("2026-11-23", 5)]
+    # the growth of the capped day is on the ledger, under the day's once-only key
+    entry = await LedgerEntry.get(idempotency_key=f"checkin:{m.id}:2026-11-22")
+    assert (entry.delta, entry.growth_delta, entry.remaining, entry.expires_at) == (0, 5, 0, None)
+    assert sum(await LedgerEntry.filter(member_id=m.id).values_list("growth_delta", flat=True)) == 15
+    await assert_ledger_consistent()
+
+
+async def test_capped_checkins_at_once_count_once(client, login, clock, redis):
+    from app.domain import antiabuse
+
+    clock.travel_to(shanghai(2026, 11, 22, 8))
+    m = await login()
+    await antiabuse.reserve_cap(redis=redis, member_id=m.id, day=shanghai(2026, 11, 22, 8).date(),
+                                wanted=200, cap=200)
+    responses = await asyncio.gather(*[m.post("/mp/checkin") for _ in range(30)])
+    assert sorted(r.status for r in responses) == [200] + [409] * 29
+    me = await (await m.get("/mp/me")).json()
+    assert (me["points"], me["growth"], me["streak"]) == (0, 5, 1)
     await assert_ledger_consistent()
 
 

@@ -41,3 +41,24 @@ async def test_unknown_code_and_no_token(client):
     assert (await resp.json())["error"]["code"] == "invite_code_not_found"
     resp = await client.get("/mp/referral")
     assert resp.status == 401
+
+
+async def test_login_binds_by_the_same_rule_as_the_official_account(client, login, clock):
+    """An invite at login binds a new member only; one who paid before logging in is a customer
+    already, and the invitee's own code cannot then bind its inviter back."""
+    from app import keys
+    from app.domain import payments, rules
+    from app.models import Member, Referral
+
+    inviter = await login("o-rule-inviter")
+    now = clock.now()
+    await payments.record_payment(
+        redis=client.app[keys.redis_key], rules=await rules.load(), appid=client.app[keys.settings_key].appid,
+        transaction_id="t-guest", out_trade_no="t-guest", openid="o-rule-guest", total_fen=500,
+        payer_total_fen=500, paid_at=now, now=now, tz=client.app[keys.settings_key].tz)
+    guest = await login("o-rule-guest", invite_code=inviter.data["invite_code"])
+    friend = await login("o-rule-friend", invite_code=inviter.data["invite_code"])
+    assert (await Member.get(id=guest.id)).inviter_id is None
+    assert (await Member.get(id=friend.id)).inviter_id == inviter.id
+    await login("o-rule-inviter", invite_code=friend.data["invite_code"])
+    assert [(r.inviter_id, r.invitee_id) for r in await Referral.all()] == [(inviter.id, friend.id)]

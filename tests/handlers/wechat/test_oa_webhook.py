@@ -20,6 +20,7 @@ TOKEN = "oa-test-token"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 ACCOUNT = "gh_0123456789ab"
 _times = itertools.count(1_800_000_000)
+_nonces = itertools.count(4242)
 
 
 @pytest.fixture
@@ -28,14 +29,31 @@ def reply_timeout():
 
 
 @pytest.fixture
-def settings(settings, reply_timeout):
+def aes_key():
+    """Plain mode unless a test asks for safe mode (`parametrize("aes_key", [AES_KEY])`)."""
+    return None
+
+
+@pytest.fixture
+def settings(settings, reply_timeout, aes_key):
     return settings.with_(oa_appid=SANDBOX_OA_APPID, oa_secret=SANDBOX_OA_SECRET, oa_token=TOKEN,
-                          oa_aes_key=AES_KEY, oa_reply_timeout=reply_timeout)
+                          oa_aes_key=aes_key, oa_reply_timeout=reply_timeout)
 
 
-def signed(token: str = TOKEN, *, timestamp: str | None = None, nonce: str = "4242") -> dict[str, str]:
-    """Query args of a plain-mode push: signature = sha1(sorted [token, timestamp, nonce])."""
-    timestamp = timestamp or str(int(time.time()))
+safe_mode = pytest.mark.parametrize("aes_key", [AES_KEY])
+
+
+def now_of(client) -> int:
+    """The app's clock in unix seconds: what WeChat's timestamp is checked against."""
+    return int(client.app[keys.clock_key].now().timestamp())
+
+
+def signed(client, token: str = TOKEN, *, timestamp: str | None = None,
+           nonce: str | None = None) -> dict[str, str]:
+    """Query args of a push as WeChat signs it: signature = sha1(sorted [token, timestamp,
+    nonce]), the timestamp from the app's clock, a new nonce each time (WeChat's retries too)."""
+    timestamp = timestamp or str(now_of(client))
+    nonce = nonce or str(next(_nonces))
     sig = hashlib.sha1("".join(sorted([token, timestamp, nonce])).encode()).hexdigest()
     return {"signature": sig, "timestamp": timestamp, "nonce": nonce}
 
@@ -60,7 +78,7 @@ def event(openid: str, name: str, **fields: str) -> bytes:
 
 async def post(client, body: bytes, *, params: dict | None = None):
     """POST a push signed like WeChat; returns (status, reply fields or None, raw text)."""
-    resp = await client.post("/wechat/oa", data=body, params=signed() if params is None else params,
+    resp = await client.post("/wechat/oa", data=body, params=signed(client) if params is None else params,
                              headers={"Content-Type": "text/xml"})
     raw = await resp.text()
     fields = parse_xml(raw.encode()) if raw.startswith("<xml>") else None
@@ -91,12 +109,12 @@ def member(login, sim_state):
 # ------------------------------------------------------------------ URL verification
 
 async def test_url_verification_echoes(client):
-    resp = await client.get("/wechat/oa", params={**signed(), "echostr": "e-123"})
+    resp = await client.get("/wechat/oa", params={**signed(client), "echostr": "e-123"})
     assert resp.status == 200 and await resp.text() == "e-123"
 
 
 async def test_url_verification_with_a_bad_signature_is_403(client):
-    resp = await client.get("/wechat/oa", params={**signed("wrong"), "echostr": "e-123"})
+    resp = await client.get("/wechat/oa", params={**signed(client, "wrong"), "echostr": "e-123"})
     assert resp.status == 403 and "e-123" not in await resp.text()
 
 
@@ -104,16 +122,16 @@ async def test_no_token_outside_sandbox_is_503(aiohttp_client, settings):
     from app.main import create_app
 
     bare = await aiohttp_client(create_app(settings.with_(oa_token=None)))
-    resp = await bare.get("/wechat/oa", params={**signed(), "echostr": "x"})
+    resp = await bare.get("/wechat/oa", params={**signed(bare), "echostr": "x"})
     assert resp.status == 503
-    assert (await bare.post("/wechat/oa", data=text("o", "帮助"), params=signed())).status == 503
+    assert (await bare.post("/wechat/oa", data=text("o", "帮助"), params=signed(bare))).status == 503
 
 
 async def test_sandbox_uses_the_fixed_token(aiohttp_client, settings):
     from app.main import create_app
 
     sandbox = await aiohttp_client(create_app(settings.with_(mp_appid=None, mp_secret=None, oa_token=None)))
-    resp = await sandbox.get("/wechat/oa", params={**signed("sandbox-oa-token"), "echostr": "ok"})
+    resp = await sandbox.get("/wechat/oa", params={**signed(sandbox, "sandbox-oa-token"), "echostr": "ok"})
     assert resp.status == 200 and await resp.text() == "ok"
 
 
@@ -122,8 +140,8 @@ async def test_sandbox_uses_the_fixed_token(aiohttp_client, settings):
 async def test_forged_signature_is_403_and_nothing_runs(client, member, redis):
     mp, oa_openid = await member("forged")
     body = event(oa_openid, "CLICK", EventKey="CHECKIN")
-    for params in (signed("not-the-token"), {}, {**signed(), "signature": "0" * 40},
-                   {**signed(), "nonce": "other"}):
+    for params in (signed(client, "not-the-token"), {}, {**signed(client), "signature": "0" * 40},
+                   {**signed(client), "nonce": "other"}):
         status, _, _ = await post(client, body, params=params)
         assert status == 403
     assert await Checkin.all().count() == 0
@@ -163,32 +181,124 @@ async def test_body_over_64_kib_is_413(client):
     assert status == 413
 
 
-async def test_safe_mode_with_a_bad_msg_signature_is_400(client, member):
+@safe_mode
+async def test_safe_mode_with_a_bad_msg_signature_is_403(client, member, redis):
     _, oa_openid = await member("safebad")
-    body, params = encrypt(event(oa_openid, "CLICK", EventKey="CHECKIN"))
+    body, params = encrypt(client, event(oa_openid, "CLICK", EventKey="CHECKIN"))
     params["msg_signature"] = "0" * 40
     status, _, _ = await post(client, body, params=params)
-    assert status == 400
+    assert status == 403
     assert await Checkin.all().count() == 0
+    assert await redis.keys("oa:push:*") == []
+
+
+@safe_mode
+async def test_safe_mode_refuses_a_plaintext_push_and_nothing_runs(client, member, redis):
+    mp, oa_openid = await member("plainleak")
+    status, _, _ = await post(client, event(oa_openid, "CLICK", EventKey="CHECKIN"))
+    assert status == 403
+    assert await Checkin.all().count() == 0
+    assert await redis.keys("oa:push:*") == []
+    assert (await Member.get(id=mp.id)).oa_openid is None
+
+
+@pytest.mark.parametrize("offset", [310, -310, 3600, -86400])  # the edge itself: tests/app/wechat
+async def test_a_timestamp_more_than_five_minutes_off_is_403(client, member, redis, offset):
+    _, oa_openid = await member("stale")
+    params = signed(client, timestamp=str(now_of(client) + offset))
+    status, _, _ = await post(client, event(oa_openid, "CLICK", EventKey="CHECKIN"), params=params)
+    assert status == 403
+    resp = await client.get("/wechat/oa", params={**signed(client, timestamp=str(now_of(client) + offset)),
+                                                  "echostr": "e-stale"})
+    assert resp.status == 403 and "e-stale" not in await resp.text()
+    assert await Checkin.all().count() == 0 and await redis.keys("oa:push:*") == []
+
+
+async def test_the_window_is_the_apps_clock(client, member, clock):
+    """The timestamp is judged by the app's clock (moved a year back here), not the host's."""
+    _, oa_openid = await member("clocked")
+    clock.travel_to(clock.now() - timedelta(days=365))
+    assert "「签到」" in await say(client, text(oa_openid, "帮助"))
+    resp = await client.get("/wechat/oa", params={**signed(client), "echostr": "e-then"})
+    assert resp.status == 200 and await resp.text() == "e-then"
+    clock.travel_to(clock.now() + timedelta(minutes=10))
+    params = signed(client, timestamp=str(now_of(client) - 600))
+    assert (await post(client, text(oa_openid, "帮助"), params=params))[0] == 403
+
+
+@pytest.mark.smoke
+async def test_a_signature_seen_before_is_403_whatever_the_body(client, member, redis):
+    """A signature copied from an access log: the same query with another body runs nothing."""
+    mp, oa_openid = await member("replay")
+    params = signed(client)
+    status, _, _ = await post(client, text(oa_openid, "帮助"), params=params)
+    assert status == 200
+    for body in (event(oa_openid, "CLICK", EventKey="CHECKIN"), text(oa_openid, "签到")):
+        status, _, _ = await post(client, body, params=params)
+        assert status == 403
+    assert await Checkin.filter(member_id=mp.id).count() == 0
+    # a URL verification's query is no more reusable, for a push or for another verification
+    verification = signed(client)
+    resp = await client.get("/wechat/oa", params={**verification, "echostr": "once"})
+    assert resp.status == 200
+    resp = await client.get("/wechat/oa", params={**verification, "echostr": "twice"})
+    assert resp.status == 403
+    assert (await post(client, text(oa_openid, "签到"), params=verification))[0] == 403
+    assert await Checkin.filter(member_id=mp.id).count() == 0
+    # the memory outlives the whole window, and no longer
+    ttl = await redis.ttl(f"oa:seen:{params['timestamp']}:{params['nonce']}")
+    assert 600 <= ttl <= 700
+
+
+async def test_replays_at_once_run_once(client, member):
+    """Dozens of copies of one signed request at the same moment: one is processed."""
+    mp, oa_openid = await member("burst")
+    params = signed(client)
+    results = await asyncio.gather(*(post(client, event(oa_openid, "CLICK", EventKey="CHECKIN",
+                                                         create_time=next(_times)), params=params)
+                                     for _ in range(24)))
+    assert sorted(status for status, _, _ in results) == [200] + [403] * 23
+    assert await Checkin.filter(member_id=mp.id).count() == 1
+
+
+@safe_mode
+async def test_safe_mode_replay_is_403(client, member):
+    mp, oa_openid = await member("safereplay")
+    body, params = encrypt(client, text(oa_openid, "帮助"))
+    assert (await post(client, body, params=params))[0] == 200
+    assert (await post(client, body, params=params))[0] == 403
+
+
+async def test_two_menu_clicks_in_one_second_are_two_pushes(client, member):
+    mp, oa_openid = await member("twoclicks")
+    second = next(_times)
+    checked_in = await say(client, event(oa_openid, "CLICK", EventKey="CHECKIN", create_time=second))
+    points = await say(client, event(oa_openid, "CLICK", EventKey="MY_POINTS", create_time=second))
+    assert "签到成功" in checked_in
+    assert "当前积分：5" in points
+    assert await Checkin.filter(member_id=mp.id).count() == 1
 
 
 # ------------------------------------------------------------------ safe mode
 
-def encrypt(plain: bytes, *, nonce: str = "n0nce", timestamp: str | None = None) -> tuple[bytes, dict]:
+def encrypt(client, plain: bytes, *, nonce: str | None = None,
+            timestamp: str | None = None) -> tuple[bytes, dict]:
     """WeChat's safe-mode push of `plain`: the envelope body and its query args."""
-    timestamp = timestamp or str(int(time.time()))
+    timestamp = timestamp or str(now_of(client))
+    nonce = nonce or f"n{next(_nonces)}"
     wrapped = WeChatCrypto(TOKEN, AES_KEY, SANDBOX_OA_APPID).encrypt_message(plain.decode(), nonce, timestamp)
     fields = parse_xml(wrapped.encode())
     body = (f"<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName>"
             f"<Encrypt><![CDATA[{fields['Encrypt']}]]></Encrypt></xml>").encode()
-    return body, {**signed(timestamp=timestamp, nonce=nonce), "encrypt_type": "aes",
+    return body, {**signed(client, timestamp=timestamp, nonce=nonce), "encrypt_type": "aes",
                   "msg_signature": fields["MsgSignature"]}
 
 
 @pytest.mark.smoke
+@safe_mode
 async def test_safe_mode_round_trip(client, member):
     mp, oa_openid = await member("safe")
-    body, params = encrypt(event(oa_openid, "CLICK", EventKey="CHECKIN"))
+    body, params = encrypt(client, event(oa_openid, "CLICK", EventKey="CHECKIN"))
     status, fields, raw = await post(client, body, params=params)
     assert status == 200 and fields is not None, raw
     assert set(fields) >= {"Encrypt", "MsgSignature", "TimeStamp", "Nonce"}
@@ -251,6 +361,9 @@ async def test_card_invite_help_and_unknown_text(client, member):
     assert f"会员号 {mp.id}" in await say(client, text(oa_openid, "会员卡"))
     invite = await say(client, event(oa_openid, "CLICK", EventKey="INVITE"))
     assert mp.data["invite_code"] in invite
+    # the share path of CONTRACT.md, the same as GET /mp/referral's
+    assert f"pages/index/index?invite={mp.data['invite_code']} " in invite and "invite_code=" not in invite
+    assert (await (await mp.get("/mp/referral")).json())["share_path"] in invite
     assert mp.data["invite_code"] in await say(client, text(oa_openid, "邀请"))
     for body in (event(oa_openid, "CLICK", EventKey="HELP"), text(oa_openid, "帮助"), text(oa_openid, "HELP")):
         assert "「签到」" in await say(client, body)
@@ -305,6 +418,29 @@ async def test_scan_binds_like_subscribe_and_self_invites_do_not(client, member,
     assert await Referral.filter(invitee_id=mp.id).count() == 0
     await say(client, event(oa_openid, "SCAN", EventKey=f"i={inviter.data['invite_code']}", Ticket="tk"))
     assert (await Referral.get(invitee_id=mp.id)).source == "oa_scene"
+
+
+async def test_a_member_of_more_than_24_hours_is_not_bound_by_a_scan(client, member, login, clock):
+    """Two long-standing members scanning each other's codes mint nothing."""
+    a, a_oa = await member("longtime-a")
+    b, b_oa = await member("longtime-b")
+    clock.travel_to(clock.now() + timedelta(hours=24, minutes=1))
+    for who, code in ((a_oa, b.data["invite_code"]), (b_oa, a.data["invite_code"])):
+        reply = await say(client, event(who, "SCAN", EventKey=f"i={code}", Ticket="tk"))
+        assert "邀请人" not in reply
+        reply = await say(client, event(who, "subscribe", EventKey=f"qrscene_i={code}", Ticket="tk"))
+        assert "邀请人" not in reply
+    assert await Referral.all().count() == 0
+    assert await Member.filter(inviter_id__isnull=False).count() == 0
+
+
+async def test_new_members_cannot_invite_each_other_back(client, member):
+    a, a_oa = await member("mutual-a")
+    b, b_oa = await member("mutual-b")
+    assert "邀请人" in await say(client, event(a_oa, "SCAN", EventKey=f"i={b.data['invite_code']}", Ticket="tk"))
+    assert "邀请人" not in await say(client, event(b_oa, "SCAN", EventKey=f"i={a.data['invite_code']}",
+                                                    Ticket="tk"))
+    assert [(r.inviter_id, r.invitee_id) for r in await Referral.all()] == [(b.id, a.id)]
 
 
 async def test_plain_subscribe_of_a_non_member_welcomes(client):
@@ -478,7 +614,7 @@ async def test_safe_mode_push_without_an_aes_key_is_400(aiohttp_client, settings
     from app.main import create_app
 
     plain_only = await aiohttp_client(create_app(settings.with_(oa_aes_key=None)))
-    body, params = encrypt(text("o-x", "帮助"))
+    body, params = encrypt(plain_only, text("o-x", "帮助"))
     assert (await plain_only.post("/wechat/oa", data=body, params=params)).status == 400
 
 
@@ -486,11 +622,12 @@ async def test_an_unusable_aes_key_is_503_not_500(aiohttp_client, settings):
     from app.main import create_app
 
     broken = await aiohttp_client(create_app(settings.with_(oa_aes_key="short")))
-    body, params = encrypt(text("o-x", "帮助"))
+    body, params = encrypt(broken, text("o-x", "帮助"))
     assert (await broken.post("/wechat/oa", data=body, params=params)).status == 503
 
 
+@safe_mode
 async def test_a_reply_that_cannot_be_wrapped_is_success(client):
-    body, params = encrypt(text("o-x", "帮助"), nonce="n-o-n-c-e")  # WeChat's nonces are alphanumeric
+    body, params = encrypt(client, text("o-x", "帮助"), nonce="n-o-n-c-e")  # WeChat's nonces are alphanumeric
     status, fields, raw = await post(client, body, params=params)
     assert status == 200 and raw == "success"
