@@ -19,7 +19,7 @@ async def noop(apps, schema_editor) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("models", "0007_fillfactor")]
+    dependencies = [("models", "0008_redemption_refunds")]
 
     operations = [
         ops.AddField(model_name="Referral", name="pair_key",
