@@ -25,6 +25,7 @@ class JobContext:
     total: Callable[[int], None] = field(default=lambda n: None)  # size the progress bar
     advance: Callable[[int], None] = field(default=lambda n: None)  # n more items done
     oa_wechat: Any = None  # the official account's WeChatClient (member-card pushes)
+    wecom: Any = None  # app.wechat.wecom.WeComClient, None when 企业微信 is off
 
 
 @dataclass(frozen=True)

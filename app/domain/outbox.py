@@ -70,7 +70,7 @@ def backoff(attempts: int) -> timedelta:
 
 
 async def deliver_due(*, wechat: Any, oa_wechat: Any, settings: Any, now: datetime, limit: int = 100,
-                      bucket: TokenBucket | None = None, concurrency: int = 8) -> dict:
+                      bucket: TokenBucket | None = None, concurrency: int = 8, wecom: Any = None) -> dict:
     """Send up to `limit` messages due at `now` (next_attempt_at ≤ now), each claimed by exactly
     one worker. Returns counts: claimed, sent, skipped, retried, dead."""
     # SQLite compares datetimes as text: keep every outbox time in UTC.
@@ -89,7 +89,7 @@ async def deliver_due(*, wechat: Any, oa_wechat: Any, settings: Any, now: dateti
             for message, lease in batch:
                 outcome = await _deliver(message, lease=lease, wechat=wechat, oa_wechat=oa_wechat,
                                          settings=settings, now=now, bucket=bucket,
-                                         max_attempts=max_attempts, openids=openids)
+                                         max_attempts=max_attempts, openids=openids, wecom=wecom)
                 summary[outcome] += 1
 
     by_member: dict[int, list[tuple[OutboxMessage, datetime]]] = {}
@@ -144,7 +144,8 @@ async def _in_member_order(rows: list[OutboxMessage], *, conn=None) -> list[Outb
 
 
 async def _deliver(message: OutboxMessage, *, lease: datetime, wechat: Any, oa_wechat: Any, settings: Any,
-                   now: datetime, bucket: TokenBucket, max_attempts: int, openids: dict[int, str]) -> str:
+                   now: datetime, bucket: TokenBucket, max_attempts: int, openids: dict[int, str],
+                   wecom: Any = None) -> str:
     mine = OutboxMessage.filter(id=message.id, status=SENDING, next_attempt_at=lease)
     attempts = message.attempts + 1
     try:
@@ -157,6 +158,11 @@ async def _deliver(message: OutboxMessage, *, lease: datetime, wechat: Any, oa_w
             await bucket.take()
             await card.push(message, wechat=oa_wechat)
             outcome = None
+        elif message.channel == "wecom":
+            from app.domain import rules, wecom as wecom_tags  # 企业微信 tier tags
+
+            await bucket.take()
+            outcome = await wecom_tags.deliver(message, client=wecom, rules=await rules.load())
         else:
             raise _Permanent(f"unknown channel {message.channel!r}")
     except _Skip as skip:
