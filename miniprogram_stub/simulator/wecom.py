@@ -69,6 +69,8 @@ class WeComState:
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     welcomes: list[dict[str, Any]] = field(default_factory=list)
     templates: list[dict[str, Any]] = field(default_factory=list)
+    # staff userid -> its customers' external_userids, in the order they were added (paging)
+    followers: dict[str, list[str]] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1), repr=False)
 
     # -- scripting (tests, the demo) -------------------------------------------------------
@@ -80,7 +82,7 @@ class WeComState:
         if found is None:
             found = Customer(external_userid="wm" + secrets.token_hex(14), name=name, unionid=unionid)
             self.customers[found.external_userid] = found
-        found.follows.setdefault(staff, set())
+        self.follow(found, staff)
         code = "wc" + secrets.token_hex(16)
         self.welcome_codes[code] = (staff, found.external_userid, time.monotonic() + WELCOME_TTL)
         return found.external_userid, code
@@ -90,10 +92,16 @@ class WeComState:
         if found is None and external_userid.startswith(SIM_PREFIX):
             _, staff, unionid = (external_userid.split(".", 2) + ["", ""])[:3]
             if staff and unionid:
-                found = Customer(external_userid=external_userid, name="沙盒客户", unionid=unionid,
-                                 follows={staff: set()})
+                found = Customer(external_userid=external_userid, name="沙盒客户", unionid=unionid)
                 self.customers[external_userid] = found
+                self.follow(found, staff)
         return found
+
+    def follow(self, customer: Customer, staff: str, tags: set[str] | None = None) -> None:
+        """`customer` follows `staff` (with `tags`); kept in the staff member's paging order."""
+        if staff not in customer.follows:
+            self.followers.setdefault(staff, []).append(customer.external_userid)
+        customer.follows[staff] = set(tags or customer.follows.get(staff, set()))
 
     def tags_of(self, external_userid: str, staff: str) -> set[str]:
         return set(self.customers[external_userid].follows.get(staff, set()))
@@ -215,13 +223,24 @@ async def batch_get_by_user(request: web.Request, state: WeComState, body: dict)
     if not userids or len(userids) > 100:
         return reply({"errcode": 40058, "errmsg": "userid_list: 1 to 100 userids"})
     limit = min(max(int(body.get("limit") or 50), 1), 100)
-    start = int(body.get("cursor") or 0)
-    rows = [(c, staff) for c in state.customers.values() for staff in userids if staff in c.follows]
-    page = rows[start:start + limit]
+    try:
+        start = int(body.get("cursor") or 0)
+    except (TypeError, ValueError):
+        return reply({"errcode": 40093, "errmsg": "invalid cursor"})
+    # The cursor is an offset into the staff members' follower lists, one after the other.
+    page: list[tuple[Customer, str]] = []
+    offset, end = 0, start + limit
+    for staff in userids:
+        listed = state.followers.get(staff, [])
+        if offset + len(listed) > start and offset < end:
+            for ext in listed[max(start - offset, 0):end - offset]:
+                page.append((state.customers[ext], staff))
+        offset += len(listed)
     return ok(external_contact_list=[
         {"external_contact": _contact(state, c),
-         "follow_info": {"userid": staff, "tag_id": sorted(c.follows[staff])}} for c, staff in page],
-        next_cursor=str(start + limit) if start + limit < len(rows) else "")
+         "follow_info": {"userid": staff, "tag_id": sorted(c.follows.get(staff, ()))}}
+        for c, staff in page if staff in c.follows],
+        next_cursor=str(end) if end < offset else "")
 
 
 @endpoint()

@@ -53,3 +53,30 @@ async def test_sandbox_mode_simulates_a_corp_end_to_end(aiohttp_client, settings
     assert (await WeComContact.get(external_userid=added.external_userid)).member_id == added.member_id
     corp = server.app[keys.simulator_key][wecom_state_key]
     assert corp.called("/cgi-bin/externalcontact/get")
+
+
+async def test_the_simulated_batch_listing_pages_across_staff_members(simulator, redis):
+    import aiohttp
+
+    from app.wechat.wecom import WeComClient
+
+    corp = simulator.app[wecom_state_key]
+    for i in range(7):
+        corp.add_contact(staff="steward-01", unionid=f"u-a{i}")
+    for i in range(5):
+        corp.add_contact(staff="steward-02", unionid=f"u-b{i}")
+    corp.add_contact(staff="steward-02", unionid="u-a0")  # one customer, two staff members
+    await redis.delete(f"wecom:token:{SANDBOX_CORP_ID}")
+    async with aiohttp.ClientSession() as session:
+        client = WeComClient(session=session, redis=redis, base_url=str(simulator.make_url("")).rstrip("/"),
+                             corp_id=SANDBOX_CORP_ID, secret=SANDBOX_CORP_SECRET, retries=0)
+        seen, cursor, pages = [], "", 0
+        while True:
+            data = await client.batch_get_by_user(userids=["steward-01", "steward-02"], cursor=cursor, limit=4)
+            seen += [(i["external_contact"]["unionid"], i["follow_info"]["userid"]) for i in data["external_contact_list"]]
+            pages += 1
+            cursor = data["next_cursor"]
+            if not cursor:
+                break
+    assert pages == 4 and len(seen) == 13 and len(set(seen)) == 13
+    assert ("u-a0", "steward-02") in seen

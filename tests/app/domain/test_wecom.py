@@ -34,8 +34,8 @@ async def linked(client, corp, name: str, *, staff: str = "sales-01", **kw):
 
 async def test_a_tier_change_moves_the_tag_for_every_staff_member_followed(client, now, corp):
     member_id, external = await linked(client, corp, "two")
+    corp.follow(corp.customers[external], "steward-02")
     await push(client, event_xml("add_external_contact", staff="steward-02", external=external))
-    corp.customers[external].follows.setdefault("steward-02", set())
     await drain(client)
     assert await grow(member_id, 5000)
     assert await OutboxMessage.filter(channel="wecom", status="pending").count() == 2
