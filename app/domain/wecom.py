@@ -182,14 +182,24 @@ async def link_waiting(*, now: datetime) -> int:
         part = waiting[start:start + 1000]
         members = dict(await Member.filter(unionid__in=[u for _, u in part]).values_list("unionid", "id"))
         for contact_id, unionid in part:
-            member_id = members.get(unionid)
-            if member_id is None:
-                continue
-            async with in_transaction() as tx:
-                if await WeComContact.filter(id=contact_id, member_id=None).using_db(tx).update(member_id=member_id):
-                    await _queue(conn=tx, contact_id=contact_id, member_id=member_id, cause="link", now=now)
-                    linked += 1
+            if unionid in members:
+                linked += await _link(contact_id=contact_id, member_id=members[unionid], now=now)
     return linked
+
+
+async def link_member(*, member_id: int, unionid: str, now: datetime) -> int:
+    """A member just got `unionid` (login): link the customers waiting with it, at once."""
+    waiting = await WeComContact.filter(unionid=unionid, member_id=None, state=ACTIVE).values_list("id", flat=True)
+    return sum([await _link(contact_id=contact_id, member_id=member_id, now=now) for contact_id in waiting])
+
+
+async def _link(*, contact_id: int, member_id: int, now: datetime) -> int:
+    async with in_transaction() as tx:
+        # Conditional on still being unlinked: the reconcile job and a login never both queue.
+        if not await WeComContact.filter(id=contact_id, member_id=None).using_db(tx).update(member_id=member_id):
+            return 0
+        await _queue(conn=tx, contact_id=contact_id, member_id=member_id, cause="link", now=now)
+    return 1
 
 
 async def _queue(*, conn, contact_id: int, member_id: int, cause: str, now: datetime) -> None:

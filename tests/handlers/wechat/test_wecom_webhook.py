@@ -46,18 +46,33 @@ async def test_a_member_adding_staff_is_linked_and_tagged_with_its_tier(client, 
     assert sorted(group.tags.values()) == sorted(["普通", "银卡", "金卡", "钻石"])
 
 
-async def test_an_unknown_customer_is_kept_and_linked_when_the_member_appears(client, now, corp):
+@pytest.mark.parametrize("first_login", ["new", "returning"])
+async def test_an_unknown_customer_is_kept_and_linked_when_the_member_logs_in(client, now, corp, first_login):
     from app.domain import wecom
 
+    if first_login == "returning":
+        await member(client, "o-later")  # a member already, but WeChat gave no unionid then
     external, _ = await add_contact(client, corp, staff="sales-01", unionid="u-later")
     contact = await WeComContact.get(external_userid=external)
     assert contact.member_id is None and contact.unionid == "u-later"
     member_id = await member(client, "o-later", unionid="u-later")
-    assert await wecom.link_waiting(now=NOW) == 1
-    assert await wecom.link_waiting(now=NOW) == 0
     assert (await WeComContact.get(id=contact.id)).member_id == member_id
+    assert await wecom.link_waiting(now=NOW) == 0  # the login linked it; the job finds nothing
+    assert await OutboxMessage.filter(channel="wecom").count() == 1
     await drain(client)
     assert await tier_tags(corp, external, "sales-01") == {"普通"}
+
+
+async def test_the_reconcile_job_links_customers_waiting_for_a_member(client, now, corp):
+    from app.domain import wecom
+    from app.models import Member
+
+    external, _ = await add_contact(client, corp, staff="sales-01", unionid="u-imported")
+    member_id = await member(client, "o-imported")
+    await Member.filter(id=member_id).update(unionid="u-imported")  # e.g. an import, not a login
+    assert await wecom.link_waiting(now=NOW) == 1
+    assert await wecom.link_waiting(now=NOW) == 0
+    assert (await WeComContact.get(external_userid=external)).member_id == member_id
 
 
 async def test_edit_event_links_a_customer_whose_unionid_arrived(client, now, corp):
