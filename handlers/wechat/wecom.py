@@ -1,8 +1,9 @@
 """`GET/POST /wechat/wecom`: the 企业微信 customer-contact callback (always encrypted).
 
 Order, for both: the timestamp within 5 minutes of our clock, the msg_signature over the
-encrypted text, then the signature claimed once in Redis (a replay is refused), and only
-then is anything decrypted, parsed or processed. A refusal is 403 (400 for a body that is
+encrypted text (for a push, read from its `<Encrypt>` by the size- and depth-limited parser
+that refuses DTDs and entities), then the signature claimed once in Redis (a replay is
+refused), and only then is anything decrypted, parsed as an event or processed. A refusal is 403 (400 for a body that is
 not WeCom's XML); a failure while processing is logged and answered `success`, never a 500.
 """
 from __future__ import annotations
@@ -38,12 +39,17 @@ def _crypto(app: web.Application) -> WeComCrypto:
         raise web.HTTPServiceUnavailable(text="wecom misconfigured") from None
 
 
+def _fresh(request: web.Request) -> None:
+    """403 unless the timestamp is within 5 minutes of our clock (checked before the body is read)."""
+    if not fresh(request.query.get("timestamp", ""), now=request.app[keys.clock_key].now().timestamp()):
+        raise web.HTTPForbidden(text="stale timestamp")
+
+
 async def _admit(request: web.Request, crypto: WeComCrypto, encrypted: str) -> None:
-    """403 unless fresh, signed and never seen before."""
+    """403 unless fresh, signed over `encrypted` and never seen before."""
+    _fresh(request)
     q = request.query
     signature, timestamp, nonce = q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", "")
-    if not fresh(timestamp, now=request.app[keys.clock_key].now().timestamp()):
-        raise web.HTTPForbidden(text="stale timestamp")
     if not check_msg_signature(token=crypto.token, msg_signature=signature, timestamp=timestamp,
                                nonce=nonce, encrypt=encrypted):
         raise web.HTTPForbidden(text="bad signature")
@@ -70,6 +76,7 @@ async def verify(request: web.Request) -> web.Response:
 async def receive(request: web.Request) -> web.Response:
     """One customer-contact push: admit, decrypt, parse, apply."""
     crypto = _crypto(request.app)
+    _fresh(request)
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
     raw = await request.content.read(MAX_BODY_BYTES + 1)

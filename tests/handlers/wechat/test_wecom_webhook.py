@@ -139,6 +139,15 @@ async def test_refused_pushes_process_nothing(client, now, corp, spoil):
     assert not corp.called("/cgi-bin/externalcontact/get")
 
 
+async def test_a_push_that_is_not_encrypted_is_refused(client, now, corp):
+    await member(client, "o-plain", unionid="u-plain")
+    external, code = corp.add_contact(staff="sales-01", unionid="u-plain")
+    plain = event_xml("add_external_contact", staff="sales-01", external=external, welcome_code=code)
+    resp = await client.post("/wechat/wecom", params=query(""), data=plain.encode())
+    assert resp.status == 403
+    assert await WeComContact.all().count() == 0 and not corp.calls
+
+
 @pytest.mark.parametrize("body", [
     b"",
     b"not xml at all",
