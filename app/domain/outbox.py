@@ -8,8 +8,9 @@ for an operator to look at (`list_dead`) and send again (`retry_dead`).
 
 Network errors, WeChat's 5xx and "system busy" are retried with exponential backoff
 (30 s, 1 min, 2 min … at most 6 h). Sends respect WeChat's rate limits with a token bucket
-(Settings.outbox_rate per second). Card pushes keep each member's order: a card message is
-only sent once every earlier card message of that member is sent, skipped or dead.
+(Settings.outbox_rate per second). Card pushes and 企业微信 mark_tags keep each member's order:
+such a message is only sent once every earlier one of that member on its channel is sent,
+skipped or dead.
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ LEASE = timedelta(minutes=5)
 # WeChat may well accept the same call later.
 RETRYABLE = frozenset({-1, 45009, 45011})
 NO_QUOTA = 43101
+# Channels sent in id order per member: card balances, and 企业微信 tier tags (each send reads
+# the tier at that moment, so an older send finishing last would undo a newer one).
+ORDERED = ("card", "wecom")
 
 
 class TokenBucket:
@@ -128,16 +132,17 @@ async def _claim(*, now: datetime, limit: int) -> list[tuple[OutboxMessage, date
 
 
 async def _in_member_order(rows: list[OutboxMessage], *, conn=None) -> list[OutboxMessage]:
-    """Drop each card message that has an earlier open card message of its member."""
-    members = {r.member_id for r in rows if r.channel == "card"}
+    """Drop each card or wecom message that has an earlier open message of its member on its channel."""
+    members = {r.member_id for r in rows if r.channel in ORDERED}
     if not members:
         return rows
-    query = OutboxMessage.filter(channel="card", member_id__in=members, status__in=OPEN)
+    query = OutboxMessage.filter(channel__in=ORDERED, member_id__in=members, status__in=OPEN)
     if conn is not None:
         query = query.using_db(conn)
-    first = dict(await query.group_by("member_id").annotate(first=Min("id"))
-                 .values_list("member_id", "first"))
-    return [r for r in rows if r.channel != "card" or first.get(r.member_id) == r.id]
+    first = {(member, channel): lowest for member, channel, lowest in
+             await query.group_by("member_id", "channel").annotate(first=Min("id"))
+             .values_list("member_id", "channel", "first")}
+    return [r for r in rows if r.channel not in ORDERED or first.get((r.member_id, r.channel)) == r.id]
 
 
 # -- sending ---------------------------------------------------------------------------------

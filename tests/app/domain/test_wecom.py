@@ -86,6 +86,23 @@ async def test_one_mark_tag_per_tier_change_with_two_workers(client, now, corp):
         assert await tier_tags(corp, external, "sales-01") == {"银卡"}
 
 
+async def test_a_members_mark_tags_go_one_at_a_time_in_order(client, now, corp):
+    """A send reads the tier when it runs, so an older one finishing after a newer one would
+    undo it: like card pushes, a member's next mark_tag waits until the previous one is done."""
+    members = [await linked(client, corp, f"o{i}") for i in range(3)]
+    for member_id, _ in members:
+        assert await grow(member_id, 600)  # a second message behind each link message
+    app = client.app
+    first = await outbox.deliver_due(wechat=app[keys.wechat_key], oa_wechat=app[keys.oa_wechat_key],
+                                     settings=app[keys.settings_key], now=NOW, wecom=app[keys.wecom_key])
+    assert first["claimed"] == 3 and first["sent"] == 3
+    pending = await OutboxMessage.filter(channel="wecom", status="pending").values_list("key", flat=True)
+    assert len(pending) == 3 and all(":tc" in key for key in pending)
+    await drain(client)
+    for _, external in members:
+        assert await tier_tags(corp, external, "sales-01") == {"银卡"}
+
+
 @pytest.mark.postgres
 async def test_racing_growth_records_one_change_and_one_mark_tag(client, now, corp):
     member_id, _ = await linked(client, corp, "race")
