@@ -129,7 +129,9 @@ async def reconcile(*, client, rules: Rules, now: datetime, page: int = 100,
                     total=lambda n: None, advance=lambda n: None) -> dict:
     """Compare each active linked contact's tier tags in WeCom (batch/get_by_user, 100 per page)
     with its member's tier and queue a mark_tag where they differ; a contact WeCom no longer
-    lists is marked deleted. Links waiting customers first."""
+    lists is marked deleted. First asks again about customers without a unionid and links the
+    waiting ones."""
+    await refresh_unknown(client=client)
     linked = await link_waiting(now=now)
     tags = await ensure_tags(client=client, rules=rules)
     ours = set(tags.values())
@@ -187,6 +189,28 @@ async def link_waiting(*, now: datetime) -> int:
     return linked
 
 
+async def refresh_unknown(*, client, limit: int = 1000) -> int:
+    """Ask externalcontact/get again for up to `limit` unlinked customers without a unionid (an
+    outage when they added us, or not bound to the open platform then), least recently asked
+    first; returns how many now have one. 40096 marks the contact invalid."""
+    rows = await WeComContact.filter(corp_id=client.corp_id, member_id=None, unionid=None, state=ACTIVE) \
+        .order_by("updated_at", "id").limit(limit).values_list("id", "external_userid")
+    found = 0
+    for contact_id, external in rows:
+        try:
+            details = await client.get_external_contact(external)
+        except WeChatError as exc:
+            if exc.errcode == INVALID_EXTERNAL_USER:
+                await WeComContact.filter(id=contact_id).update(state=INVALID)
+                continue
+            raise
+        unionid = ((details.get("external_contact") or {}).get("unionid") or "")[:64] or None
+        # Saved even when still None, so updated_at moves it to the back of the queue.
+        await WeComContact.filter(id=contact_id).update(unionid=unionid)
+        found += unionid is not None
+    return found
+
+
 async def link_member(*, member_id: int, unionid: str, now: datetime) -> int:
     """A member just got `unionid` (login): link the customers waiting with it, at once."""
     waiting = await WeComContact.filter(unionid=unionid, member_id=None, state=ACTIVE).values_list("id", flat=True)
@@ -234,7 +258,9 @@ async def record_contact(*, client, event: WeComEvent, now: datetime) -> tuple[W
     except WeChatError as exc:
         if exc.errcode == INVALID_EXTERNAL_USER:
             return None, False
-        raise
+        # WeCom down: keep the pair without its unionid; `reconcile` asks again (refresh_unknown).
+        log.warning("wecom contact details unavailable", extra={"fields": {"errcode": exc.errcode}})
+        details = {}
     profile = details.get("external_contact") or {}
     unionid = (profile.get("unionid") or "")[:64] or None
     member_id = None

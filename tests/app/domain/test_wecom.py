@@ -190,6 +190,21 @@ async def test_reconcile_undoes_tags_changed_by_hand_and_keeps_other_tags(client
     assert await tier_tags(corp, fine, "sales-01") == {"普通"}
 
 
+async def test_a_customer_added_during_an_outage_is_linked_by_the_reconcile(client, now, corp):
+    member_id = await member(client, "o-dark", unionid="u-dark")
+    corp.down = True
+    external, resp = await add_contact(client, corp, staff="sales-01", unionid="u-dark")
+    assert resp.status == 200
+    contact = await WeComContact.get(external_userid=external)
+    assert (contact.member_id, contact.unionid, contact.state) == (None, None, "active")
+    corp.down = False
+    result = await wecom.reconcile(client=client.app[keys.wecom_key], rules=await rules.load(), now=NOW)
+    assert result["linked"] == 1
+    assert (await WeComContact.get(id=contact.id)).member_id == member_id
+    await drain(client)
+    assert await tier_tags(corp, external, "sales-01") == {"普通"}
+
+
 async def test_reconcile_marks_contacts_wecom_no_longer_lists(client, now, corp):
     _, external = await linked(client, corp, "vanished")
     await drain(client)
