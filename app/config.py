@@ -56,6 +56,12 @@ class Settings:
     # The outbox worker: sends per second (WeChat's limits are per appid), attempts before dead.
     outbox_rate: float = 20.0
     outbox_max_attempts: int = 8
+    # 企业微信 customer contact (app/domain/wecom.py): all unset means off, unless sandbox mode.
+    wecom_corp_id: str | None = None
+    wecom_secret: str | None = None
+    wecom_token: str | None = None
+    wecom_aes_key: str | None = None
+    wecom_api_base: str = "https://qyapi.weixin.qq.com"
 
     @property
     def sandbox(self) -> bool:
@@ -129,4 +135,9 @@ class Settings:
             scheduler_in_serve=(get("SCHEDULER_IN_SERVE") or "0") in ("1", "true", "yes"),
             outbox_rate=float(get("OUTBOX_RATE") or defaults.outbox_rate),
             outbox_max_attempts=int(get("OUTBOX_MAX_ATTEMPTS") or defaults.outbox_max_attempts),
+            wecom_corp_id=get("WECOM_CORP_ID"),
+            wecom_secret=get("WECOM_SECRET"),
+            wecom_token=get("WECOM_TOKEN"),
+            wecom_aes_key=get("WECOM_AES_KEY"),
+            wecom_api_base=(get("WECOM_API_BASE") or defaults.wecom_api_base).rstrip("/"),
         )

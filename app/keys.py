@@ -29,4 +29,6 @@ pay_client_key = web.AppKey("pay_client", "PayClient | None")
 clock_key = web.AppKey("clock", object)
 # The APIv3 notification verifier (app.wechat.pay.PayV3Verifier), or None when pay is not configured.
 pay_verifier_key = web.AppKey("pay_verifier", object)
+# 企业微信 customer contact (app.wechat.wecom.WeComClient), None when WeCom is off.
+wecom_key = web.AppKey("wecom", object)
 client_ip_key = web.RequestKey("client_ip", str)

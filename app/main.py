@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[keys.settings_key] = settings
     app[keys.clock_key] = Clock()
     for ctx in (resources.orm_ctx, resources.redis_ctx, resources.http_ctx,
-                resources.wechat_ctx, resources.pay_verifier_ctx, resources.pay_ctx,
+                resources.wechat_ctx, resources.wecom_ctx, resources.pay_verifier_ctx, resources.pay_ctx,
                 resources.background_ctx):
         app.cleanup_ctx.append(ctx)
     if settings.scheduler_in_serve:

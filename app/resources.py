@@ -96,6 +96,27 @@ async def wechat_ctx(app: web.Application) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
+async def wecom_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The 企业微信 client: WECOM_CORP_ID + WECOM_SECRET on WECOM_API_BASE, the simulated corp in
+    sandbox mode, else None (WeCom off)."""
+    from app.wechat.wecom import WeComClient
+
+    settings = app[keys.settings_key]
+    client = None
+    if settings.wecom_corp_id and settings.wecom_secret:
+        client = WeComClient(session=app[keys.http_key], redis=app[keys.redis_key],
+                             base_url=settings.wecom_api_base, corp_id=settings.wecom_corp_id,
+                             secret=settings.wecom_secret)
+    elif settings.sandbox:
+        from miniprogram_stub.simulator.wecom import SANDBOX_CORP_ID, SANDBOX_CORP_SECRET
+
+        client = WeComClient(session=app[keys.http_key], redis=app[keys.redis_key],
+                             base_url=app[keys.simulator_url_key], corp_id=SANDBOX_CORP_ID,
+                             secret=SANDBOX_CORP_SECRET)
+    app[keys.wecom_key] = client
+    yield
+
+
 async def pay_ctx(app: web.Application) -> AsyncIterator[None]:
     """The WeChat Pay merchant client: the simulator's merchant test key in sandbox mode, else
     WECHAT_PAY_MCHID + WECHAT_PAY_PRIVATE_KEY + WECHAT_PAY_CERT_SERIAL (all three, or no client)."""

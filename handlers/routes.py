@@ -11,6 +11,7 @@ from handlers.admin import outbox as admin_outbox
 from handlers.admin import rewards as admin_rewards
 from handlers.admin import rules as admin_rules
 from handlers.admin import segments as admin_segments
+from handlers.admin import wecom as admin_wecom
 from handlers.mp import checkin, members, points
 from handlers.mp import coupons as mp_coupons
 from handlers.mp import referral as mp_referral
@@ -18,6 +19,7 @@ from handlers.mp import rewards as mp_rewards
 from handlers.mp import subscriptions as mp_subscriptions
 from handlers.wechat import oa as wechat_oa
 from handlers.wechat import pay as wechat_pay
+from handlers.wechat import wecom as wechat_wecom
 
 
 def setup(app: web.Application) -> None:
@@ -44,6 +46,8 @@ def setup(app: web.Application) -> None:
     r.add_post("/wechat/pay/notify", wechat_pay.notify)
     r.add_post("/wechat/pay/notify/v2", wechat_pay.notify_v2)
     r.add_post("/wechat/pay/refund-notify/v2", wechat_pay.refund_notify_v2)
+    r.add_get("/wechat/wecom", wechat_wecom.verify)
+    r.add_post("/wechat/wecom", wechat_wecom.receive)
 
     # Admin
     r.add_get("/admin/rules", admin_rules.show)
@@ -63,6 +67,9 @@ def setup(app: web.Application) -> None:
     r.add_delete("/admin/blacklist/{kind}/{value}", admin_blacklist.remove)
     r.add_get("/admin/outbox/dead", admin_outbox.dead)
     r.add_post("/admin/outbox/retry", admin_outbox.retry)
+    r.add_get("/admin/wecom/stewards", admin_wecom.stewards)
+    r.add_put("/admin/wecom/stewards", admin_wecom.set_steward)
+    r.add_post("/admin/wecom/broadcasts", admin_wecom.broadcast)
 
     # Operations
     r.add_get("/healthz", ops.healthz)

@@ -20,7 +20,8 @@ async def run(ctx: JobContext) -> dict:
     summary = {"seen": 0, "sent": 0, "skipped": 0, "failed": 0, "retried": 0}
     while True:
         done = await outbox.deliver_due(wechat=ctx.wechat, oa_wechat=ctx.oa_wechat or ctx.wechat,
-                                        settings=ctx.settings, now=utcnow(), limit=BATCH, bucket=bucket)
+                                        settings=ctx.settings, now=utcnow(), limit=BATCH, bucket=bucket,
+                                        wecom=ctx.wecom)
         summary["seen"] += done["claimed"]
         summary["sent"] += done["sent"]
         summary["skipped"] += done["skipped"]

@@ -26,6 +26,7 @@ class JobContext:
     advance: Callable[[int], None] = field(default=lambda n: None)  # n more items done
     oa_wechat: Any = None  # the official account's WeChatClient (member-card pushes)
     pay: Any = None  # app.wechat.pay_client.PayClient, when WeChat Pay is configured
+    wecom: Any = None  # app.wechat.wecom.WeComClient, None when 企业微信 is off
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def resources_app(settings: Settings) -> web.Application:
     app[keys.settings_key] = settings
     app[keys.clock_key] = Clock()
     for ctx in (resources.orm_ctx, resources.redis_ctx, resources.http_ctx,
-                resources.wechat_ctx, resources.pay_ctx, resources.background_ctx):
+                resources.wechat_ctx, resources.pay_ctx, resources.wecom_ctx, resources.background_ctx):
         app.cleanup_ctx.append(ctx)
     return app
 
@@ -65,7 +65,9 @@ def context(app: web.Application, *, today: date | None = None, **progress) -> J
     now = utcnow()
     oa_key = getattr(keys, "oa_wechat_key", None)  # the official account's client, when configured
     return JobContext(settings=settings, redis=app[keys.redis_key], wechat=app[keys.wechat_key],
-                      oa_wechat=app.get(oa_key) if oa_key else None, pay=app.get(keys.pay_client_key), now=now, today=today or business_day(now, settings.tz), **progress)
+                      oa_wechat=app.get(oa_key) if oa_key else None, pay=app.get(keys.pay_client_key),
+                      wecom=app.get(keys.wecom_key), now=now, today=today or business_day(now, settings.tz),
+                      **progress)
 
 
 async def run_locked(job: Job, ctx: JobContext) -> dict:

@@ -1,4 +1,4 @@
-"""`python -m miniprogram_stub pay|refund|demo`: drive a running server as WeChat and a member would.
+"""`python -m miniprogram_stub pay|refund|demo|wecom`: drive a running server as WeChat and a member would.
 
 The notifications are signed with the simulator's WeChat Pay platform test key, which the server
 trusts in sandbox mode (no WECHAT_MP_APPID) or when WECHAT_PAY_PUBLIC_KEY points at
@@ -45,12 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--appid", default=client.SANDBOX_APPID,
                    help="the mini-program appid the server runs as (default: %(default)s)")
     common(p)
+
+    p = sub.add_parser("wecom", help="企业微信: play a customer (`wecom add-contact --openid X`)", epilog=EPILOG)
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("add-contact", help="the member with this openid adds a steward in 企业微信",
+                           epilog=EPILOG)
+    q.add_argument("--openid", required=True, help="the member's mini-program openid")
+    q.add_argument("--staff", default="steward-01", help="the staff userid added (default: %(default)s)")
+    q.add_argument("--unionid", help="the member's unionid (default: u-<openid>)")
+    common(q)
     return parser
 
 
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return await client.run_demo(base=args.base, openid=args.openid, appid=args.appid)
+    if args.command == "wecom":
+        from miniprogram_stub import wecom_customer
+
+        added = await wecom_customer.add_contact(base=args.base, openid=args.openid, staff=args.staff,
+                                                 unionid=args.unionid)
+        print(f"member #{added.member_id} added {args.staff} as {added.external_userid}: "
+              f"HTTP {added.status} {added.body}".rstrip())
+        return 0 if added.status < 300 else 1
     if args.command == "pay":
         sent = await client.send_payment(base=args.base, openid=args.openid, amount_fen=args.amount,
                                          appid=args.appid, transaction_id=args.transaction_id)

@@ -30,6 +30,7 @@ _TABLES = [
     "audit_log", "blacklist", "checkin", "coupon", "lot_use", "ledger_entry", "member_score", "outbox_message",
     "redemption", "refund", "payment", "referral", "reward", "coupon_template", "subscription_quota",
     "tier_change", "member", "metrics_day",
+    "wecom_broadcast_send", "wecom_broadcast", "wecom_contact", "wecom_steward", "wecom_tag",
 ]
 
 

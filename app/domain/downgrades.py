@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
-from app.domain import members
+from app.domain import members, wecom
 from app.domain.clock import add_months, day_start
 from app.domain.rules import Rules
 from app.models import Member, TierChange
@@ -67,6 +67,9 @@ async def downgrade_inactive(*, rules: Rules, today: date, now: datetime, tz: Zo
                 changes.extend(TierChange(member_id=m, from_tier=source, to_tier=target.key,
                                           cause="downgrade") for m in moving)
             await TierChange.bulk_create(changes, using_db=tx)
+            # 企业微信 tier tags follow in the same transaction.
+            await wecom.queue_mark_tags(conn=tx, causes={c.member_id: f"down{now:%Y%m%dT%H%M%S}" for c in changes},
+                                        now=now)
         summary["seen"] += len(rows)
         summary["downgraded"] += len(changes)
         summary["skipped"] += len(rows) - len(changes)

@@ -117,6 +117,7 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
 
     member = await Member.get_or_none(appid=appid, openid=openid)
     is_new = member is None
+    gained_unionid = False
     if member is None:
         member, is_new = await _register(redis=redis, rules=rules, appid=appid, openid=openid,
                                          unionid=unionid, device_id=device_id, now=now, tz=tz)
@@ -124,6 +125,7 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
             from app.domain import referral  # referral imports members: bind lazily
 
             await referral.bind(invitee=member, invite_code=invite_code, source="login", now=now)
+        gained_unionid = is_new and bool(unionid)
         if is_new:
             from app.domain import payments  # a small edit, kept local to the new-member path
 
@@ -133,6 +135,11 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
     elif unionid and not member.unionid:
         await Member.filter(id=member.id).update(unionid=unionid)
         member.unionid = unionid
+        gained_unionid = True
+    if gained_unionid:
+        from app.domain import wecom  # 企业微信 customers waiting for this unionid are linked now
+
+        await wecom.link_member(member_id=member.id, unionid=unionid, now=now)
     if member.blacklisted:
         raise Forbidden("this member is blocked", code="blacklisted")
 

@@ -8,8 +8,9 @@ for an operator to look at (`list_dead`) and send again (`retry_dead`).
 
 Network errors, WeChat's 5xx and "system busy" are retried with exponential backoff
 (30 s, 1 min, 2 min … at most 6 h). Sends respect WeChat's rate limits with a token bucket
-(Settings.outbox_rate per second). Card pushes keep each member's order: a card message is
-only sent once every earlier card message of that member is sent, skipped or dead.
+(Settings.outbox_rate per second). Card pushes and 企业微信 mark_tags keep each member's order:
+such a message is only sent once every earlier one of that member on its channel is sent,
+skipped or dead.
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ LEASE = timedelta(minutes=5)
 # WeChat may well accept the same call later.
 RETRYABLE = frozenset({-1, 45009, 45011})
 NO_QUOTA = 43101
+# Channels sent in id order per member: card balances, and 企业微信 tier tags (each send reads
+# the tier at that moment, so an older send finishing last would undo a newer one).
+ORDERED = ("card", "wecom")
 
 
 class TokenBucket:
@@ -70,7 +74,7 @@ def backoff(attempts: int) -> timedelta:
 
 
 async def deliver_due(*, wechat: Any, oa_wechat: Any, settings: Any, now: datetime, limit: int = 100,
-                      bucket: TokenBucket | None = None, concurrency: int = 8) -> dict:
+                      bucket: TokenBucket | None = None, concurrency: int = 8, wecom: Any = None) -> dict:
     """Send up to `limit` messages due at `now` (next_attempt_at ≤ now), each claimed by exactly
     one worker. Returns counts: claimed, sent, skipped, retried, dead."""
     # SQLite compares datetimes as text: keep every outbox time in UTC.
@@ -89,7 +93,7 @@ async def deliver_due(*, wechat: Any, oa_wechat: Any, settings: Any, now: dateti
             for message, lease in batch:
                 outcome = await _deliver(message, lease=lease, wechat=wechat, oa_wechat=oa_wechat,
                                          settings=settings, now=now, bucket=bucket,
-                                         max_attempts=max_attempts, openids=openids)
+                                         max_attempts=max_attempts, openids=openids, wecom=wecom)
                 summary[outcome] += 1
 
     by_member: dict[int, list[tuple[OutboxMessage, datetime]]] = {}
@@ -128,23 +132,25 @@ async def _claim(*, now: datetime, limit: int) -> list[tuple[OutboxMessage, date
 
 
 async def _in_member_order(rows: list[OutboxMessage], *, conn=None) -> list[OutboxMessage]:
-    """Drop each card message that has an earlier open card message of its member."""
-    members = {r.member_id for r in rows if r.channel == "card"}
+    """Drop each card or wecom message that has an earlier open message of its member on its channel."""
+    members = {r.member_id for r in rows if r.channel in ORDERED}
     if not members:
         return rows
-    query = OutboxMessage.filter(channel="card", member_id__in=members, status__in=OPEN)
+    query = OutboxMessage.filter(channel__in=ORDERED, member_id__in=members, status__in=OPEN)
     if conn is not None:
         query = query.using_db(conn)
-    first = dict(await query.group_by("member_id").annotate(first=Min("id"))
-                 .values_list("member_id", "first"))
-    return [r for r in rows if r.channel != "card" or first.get(r.member_id) == r.id]
+    first = {(member, channel): lowest for member, channel, lowest in
+             await query.group_by("member_id", "channel").annotate(first=Min("id"))
+             .values_list("member_id", "channel", "first")}
+    return [r for r in rows if r.channel not in ORDERED or first.get((r.member_id, r.channel)) == r.id]
 
 
 # -- sending ---------------------------------------------------------------------------------
 
 
 async def _deliver(message: OutboxMessage, *, lease: datetime, wechat: Any, oa_wechat: Any, settings: Any,
-                   now: datetime, bucket: TokenBucket, max_attempts: int, openids: dict[int, str]) -> str:
+                   now: datetime, bucket: TokenBucket, max_attempts: int, openids: dict[int, str],
+                   wecom: Any = None) -> str:
     mine = OutboxMessage.filter(id=message.id, status=SENDING, next_attempt_at=lease)
     attempts = message.attempts + 1
     try:
@@ -157,6 +163,11 @@ async def _deliver(message: OutboxMessage, *, lease: datetime, wechat: Any, oa_w
             await bucket.take()
             await card.push(message, wechat=oa_wechat)
             outcome = None
+        elif message.channel == "wecom":
+            from app.domain import rules, wecom as wecom_tags  # 企业微信 tier tags
+
+            await bucket.take()
+            outcome = await wecom_tags.deliver(message, client=wecom, rules=await rules.load())
         else:
             raise _Permanent(f"unknown channel {message.channel!r}")
     except _Skip as skip:

@@ -5,6 +5,7 @@ from datetime import timezone
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from app.domain import wecom
 from app.domain.clock import business_day
 from app.domain.rules import Rules
 from app.models import Member, TierChange
@@ -38,8 +39,11 @@ async def follow_growth(*, conn: BaseDBAsyncClient, member_id: int, rules: Rules
         tier=target, tier_since=now)
     if not moved:
         return None
-    return await TierChange.create(member_id=member_id, from_tier=current, to_tier=target,
-                                   cause=cause, using_db=conn)
+    change = await TierChange.create(member_id=member_id, from_tier=current, to_tier=target,
+                                     cause=cause, using_db=conn)
+    # 企业微信 tier tags follow in the same transaction (nothing when the member has no contact).
+    await wecom.queue_mark_tags(conn=conn, causes={member_id: f"tc{change.id}"}, now=now)
+    return change
 
 
 async def welcome_upgrades(*, rules: Rules, now, since, tz, batch: int = 2000,

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from .merchant import add_merchant_routes
 from .state import SimulatorState
+from .wecom import add_wecom_routes
 
 state_key = web.AppKey("wechat_simulator_state", SimulatorState)
 
@@ -65,6 +66,7 @@ def create_simulator_app(*, appid: str = "wx-sandbox-mp", secret: str = "sandbox
         web.get("/_sim/state", sim_state),
     ])
     add_merchant_routes(app)
+    add_wecom_routes(app)
     return app
 
 
