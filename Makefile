@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-full test-smoke migrate worker bench demo clean browser
+.PHONY: run test test-full test-smoke migrate worker bench demo clean browser promtool
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 test: test-full test-smoke
 
-test-full: $(STAMP) browser
+test-full: $(STAMP) browser promtool
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-smoke: $(STAMP)
@@ -41,6 +41,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "chromium is missing: sudo apt-get install -y chromium" >&2; exit 1; fi; }
+
+# promtool checks deploy/prometheus/alerts.yml (tests/deploy): Debian's prometheus package.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  else echo "promtool is missing: sudo apt-get install -y prometheus" >&2; exit 1; fi; }
 
 bench: $(STAMP)
 	$(PY) -m bench.checkin

@@ -1,5 +1,5 @@
 """Prometheus metrics (GET /metrics). Per process: with WORKERS>1 scrape each or sum them."""
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -9,3 +9,7 @@ LATENCY = Histogram(
 POINTS_ISSUED = Counter("points_issued_total", "Points credited to members", ["reason"])
 POINTS_SPENT = Counter("points_spent_total", "Points debited from members", ["reason"])
 WECHAT_CALLS = Counter("wechat_api_calls_total", "Calls to WeChat's API", ["path", "outcome"])
+# Read from the database at each scrape (handlers/ops.py): what waits to be told to WeChat.
+OUTBOX_MESSAGES = Gauge("outbox_messages", "Outbox messages by channel and open status (pending, sending, dead)",
+                        ["channel", "status"])
+CAP_HITS = Counter("points_cap_hits_total", "Earnings cut short by the daily points cap")

@@ -7,7 +7,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tortoise import connections
 
-from app import keys
+from app import keys, metrics
+from app.domain import outbox
 
 
 async def _database() -> None:
@@ -27,6 +28,21 @@ async def healthz(request: web.Request) -> web.Response:
                              status=200 if healthy else 503)
 
 
+async def _refresh_outbox_gauges() -> None:
+    counts = await outbox.depth()
+    seen = set(counts)
+    for labels in list(metrics.OUTBOX_MESSAGES._metrics):  # noqa: SLF001 - zero what emptied
+        if labels not in seen:
+            metrics.OUTBOX_MESSAGES.labels(*labels).set(0)
+    for (channel, status), n in counts.items():
+        metrics.OUTBOX_MESSAGES.labels(channel, status).set(n)
+
+
 async def prometheus(request: web.Request) -> web.Response:
+    try:
+        # A scrape must answer even when the database does not: the gauges keep their last value.
+        await asyncio.wait_for(_refresh_outbox_gauges(), timeout=1)
+    except Exception:  # noqa: BLE001 - the database being down is what /healthz reports
+        pass
     body = await asyncio.to_thread(generate_latest)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

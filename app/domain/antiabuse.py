@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from tortoise.functions import Sum
 
+from app import metrics
 from app.errors import RateLimited
 from app.models import Blacklist, LedgerEntry
 
@@ -75,6 +76,8 @@ async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, c
     if granted == -1:
         floor = await capped_total(member_id=member_id, day=day)
         granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, floor, CAP_TTL, today), client=redis))
+    if granted < wanted:
+        metrics.CAP_HITS.inc()
     return granted
 
 

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from tortoise import connections
-from tortoise.functions import Min
+from tortoise.functions import Count, Min
 from tortoise.transactions import in_transaction
 
 from app.domain import messages
@@ -272,3 +272,10 @@ async def retry_dead(*, ids: Iterable[int], now: datetime) -> int:
         return 0
     return await OutboxMessage.filter(id__in=ids, status=DEAD).update(
         status=PENDING, attempts=0, next_attempt_at=now, last_error=None)
+
+
+async def depth() -> dict[tuple[str, str], int]:
+    """How many messages wait, are being sent, or are dead, per channel (for /metrics)."""
+    rows = await OutboxMessage.filter(status__in=(PENDING, SENDING, DEAD)) \
+        .annotate(n=Count("id")).group_by("channel", "status").values_list("channel", "status", "n")
+    return {(channel, status): int(n) for channel, status, n in rows}

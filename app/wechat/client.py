@@ -15,6 +15,8 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import LockError
 
+from app import metrics
+
 # 40001 invalid credential, 42001 expired, 40014 malformed: the cached token is no good.
 TOKEN_REJECTED = frozenset({40001, 40014, 42001})
 # Refresh a little before WeChat's expiry so a token is never used in its last minutes.
@@ -196,9 +198,23 @@ class WeChatClient:
 
     # -- transport -------------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, *, json: dict[str, Any] | None = None,
-                    params: dict[str, Any] | None = None, token: bool = True,
-                    raw: bool = False) -> dict[str, Any] | bytes:
+    async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any] | bytes:
+        """`_call_once`, counted in wechat_api_calls_total by path and outcome (ok, refused,
+        unavailable) for the operators' dashboard."""
+        try:
+            data = await self._call_once(method, path, **kw)
+        except WeChatUnavailable:
+            metrics.WECHAT_CALLS.labels(path, "unavailable").inc()
+            raise
+        except WeChatError:
+            metrics.WECHAT_CALLS.labels(path, "refused").inc()
+            raise
+        metrics.WECHAT_CALLS.labels(path, "ok").inc()
+        return data
+
+    async def _call_once(self, method: str, path: str, *, json: dict[str, Any] | None = None,
+                         params: dict[str, Any] | None = None, token: bool = True,
+                         raw: bool = False) -> dict[str, Any] | bytes:
         """One API call: adds the access token, retries once with a fresh token when WeChat
         rejects it (40001/40014/42001), raises WeChatError for errcode ≠ 0. With `raw`, a
         non-JSON answer comes back as bytes."""

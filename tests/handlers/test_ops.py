@@ -94,3 +94,50 @@ async def test_prometheus_metrics(client, login):
     assert 'http_requests_total{method="POST",route="/mp/checkin",status="200"}' in text
     assert 'http_request_duration_seconds_count{method="POST",route="/mp/login"}' in text
     assert 'points_issued_total{reason="checkin"}' in text
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of the Prometheus text, None when absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    series = f"{name}{{{want}}}" if labels else name
+    for line in text.splitlines():
+        if not line.startswith("#") and line.rsplit(" ", 1)[0] == series:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_metrics_count_wechat_calls_and_outbox_depth(client, login):
+    from app.models import Member, OutboxMessage
+
+    before = _sample(await (await client.get("/metrics")).text(), "wechat_api_calls_total",
+                     outcome="ok", path="/sns/jscode2session") or 0
+    m = await login()
+    member = await Member.get(id=m.id)
+    for i, status in enumerate(("pending", "pending", "dead", "sent")):
+        await OutboxMessage.create(key=f"t:{i}", channel="card", kind="bonus", member=member, status=status)
+    text = await (await client.get("/metrics")).text()
+    assert _sample(text, "wechat_api_calls_total", outcome="ok", path="/sns/jscode2session") == before + 1
+    assert _sample(text, "outbox_messages", channel="card", status="pending") == 2
+    assert _sample(text, "outbox_messages", channel="card", status="dead") == 1
+    # a channel that emptied reads 0, not its last value
+    await OutboxMessage.filter(status="dead").update(status="sent")
+    text = await (await client.get("/metrics")).text()
+    assert _sample(text, "outbox_messages", channel="card", status="dead") == 0
+
+
+async def test_metrics_count_cap_hits(client, login, clock):
+    from app.domain import antiabuse
+    from tests.conftest import shanghai
+
+    clock.travel_to(shanghai(2026, 11, 26, 10, 0))
+    text = await (await client.get("/metrics")).text()
+    before = _sample(text, "points_cap_hits_total") or 0
+    m = await login()
+    from app import keys
+
+    redis = client.app[keys.redis_key]
+    day = shanghai(2026, 11, 26, 10, 0).date()
+    assert await antiabuse.reserve_cap(redis=redis, member_id=m.id, day=day, wanted=150, cap=200) == 150
+    assert _sample(await (await client.get("/metrics")).text(), "points_cap_hits_total") == before
+    assert await antiabuse.reserve_cap(redis=redis, member_id=m.id, day=day, wanted=80, cap=200) == 50
+    assert _sample(await (await client.get("/metrics")).text(), "points_cap_hits_total") == before + 1
