@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(PY) -m app migrate
-	$(PY) -m app serve --no-migrate
+	$(PY) -m app serve --no-migrate --sandbox-admin-token
 
 migrate: $(STAMP)
 	$(PY) -m app migrate

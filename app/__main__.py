@@ -8,6 +8,8 @@ import argparse
 import asyncio
 import logging
 import multiprocessing
+import os
+import secrets
 import signal
 import sys
 from datetime import date
@@ -58,9 +60,28 @@ def _serve_one(settings: Settings, reuse_port: bool) -> None:
                 reuse_port=reuse_port, access_log=None, print=None)
 
 
+def sandbox_admin_token(settings: Settings) -> str:
+    """`make run` in sandbox mode with ADMIN_TOKEN unset: a token of its own, kept (owner-only)
+    in DATA_DIR/admin_token so a restart keeps the dashboard link working."""
+    path = settings.data_dir / "admin_token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    return token
+
+
 def cmd_serve(settings: Settings, args) -> int:
     if args.migrate:
         asyncio.run(_migrate(settings, quiet=True))
+    made_token = args.sandbox_admin_token and settings.sandbox and not settings.admin_token
+    if made_token:
+        settings = settings.with_(admin_token=sandbox_admin_token(settings))
     workers = settings.workers
     if workers > 1 and (settings.database_url.startswith("sqlite") or not settings.redis_url):
         print("WORKERS > 1 needs PostgreSQL (DATABASE_URL) and an external Redis (REDIS_URL)",
@@ -73,6 +94,16 @@ def cmd_serve(settings: Settings, args) -> int:
           f"  try:      curl http://{settings.host}:{settings.port}/healthz\n"
           f"            .venv/bin/python -m miniprogram_stub demo --base http://{settings.host}:{settings.port}",
           flush=True)
+    dashboard = f"http://{settings.host}:{settings.port}/admin/"
+    if made_token:
+        print(f"  dashboard: {dashboard}#token={settings.admin_token}\n"
+              f"             (a sandbox ADMIN_TOKEN, kept in {settings.data_dir / 'admin_token'})", flush=True)
+    elif settings.admin_token:
+        print(f"  dashboard: {dashboard} (sign in with ADMIN_TOKEN)", flush=True)
+    else:
+        print("  dashboard: off (ADMIN_TOKEN is unset: /admin answers 503)", flush=True)
+    if settings.scheduler_in_serve:
+        print("  jobs:      the scheduler and the outbox delivery run in this process", flush=True)
     if workers == 1:
         _serve_one(settings, reuse_port=False)
         return 0
@@ -113,7 +144,7 @@ def cmd_jobs_list(settings: Settings, args) -> int:
 
 
 def cmd_jobs_run(settings: Settings, args) -> int:
-    from jobs.worker import UnknownJob, run_job_once
+    from jobs.worker import FutureDay, UnknownJob, run_job_once
 
     logs.setup("WARNING")
     try:
@@ -123,10 +154,18 @@ def cmd_jobs_run(settings: Settings, args) -> int:
         return 2
     try:
         summary = asyncio.run(run_job_once(settings, args.name, today=today))
-    except UnknownJob as exc:
+    except (UnknownJob, FutureDay) as exc:
         print(exc, file=sys.stderr)
         return 2
+    queued, delivered = summary.pop("queued", 0), summary.pop("delivered", None)
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    if delivered is None:
+        print(f"outbox: queued {queued}")
+    elif delivered.get("locked"):
+        print(f"outbox: queued {queued}; a running scheduler is delivering the outbox")
+    else:
+        print(f"outbox: queued {queued}; sent {delivered['sent']}, skipped {delivered['skipped']}, "
+              f"retried {delivered['retried']}, failed {delivered['failed']}")
     return 0 if not summary.get("failed") else 1
 
 
@@ -167,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve HTTP on HOST:PORT (WORKERS processes)", epilog=EPILOG)
     p.add_argument("--no-migrate", dest="migrate", action="store_false",
                    help="do not apply pending migrations first")
+    p.add_argument("--sandbox-admin-token", action="store_true",
+                   help="in sandbox mode with ADMIN_TOKEN unset, make an admin token (kept in "
+                        "DATA_DIR/admin_token) and print the dashboard URL with it (make run)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("migrate", help="apply the committed database migrations", epilog=EPILOG)
@@ -180,9 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     q = jobs.add_parser("list", help="the jobs and when they run")
     q.set_defaults(func=cmd_jobs_list)
-    q = jobs.add_parser("run", help="run one job once (idempotent: a re-run does nothing twice)")
+    q = jobs.add_parser("run", help="run one job once (idempotent: a re-run does nothing twice)",
+                        description="Runs the job once, then delivers what it queued in the outbox "
+                                    "(subscription messages, card pushes) and prints both: the job's "
+                                    "summary, then `outbox: queued N; sent ...`.", epilog=EPILOG)
     q.add_argument("name", help="a job name from `jobs list`")
-    q.add_argument("--today", metavar="YYYY-MM-DD", help="the business day to run it for")
+    q.add_argument("--today", metavar="YYYY-MM-DD",
+                   help="the business day to run it for: today (default) or an earlier day; a later "
+                        "day is refused (exit 2), as it would expire points and downgrade early")
     q.set_defaults(func=cmd_jobs_run)
 
     p = sub.add_parser("ledger", help="check the points ledger", epilog=EPILOG)

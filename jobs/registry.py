@@ -25,6 +25,11 @@ class JobContext:
     total: Callable[[int], None] = field(default=lambda n: None)  # size the progress bar
     advance: Callable[[int], None] = field(default=lambda n: None)  # n more items done
     oa_wechat: Any = None  # the official account's WeChatClient (member-card pushes)
+    clock: Any = None  # the app's Clock (app/domain/clock.py), for a run that needs "now" again
+
+    def moment(self) -> datetime:
+        """Now by the app's clock; the run's start when it has none."""
+        return self.clock.now() if self.clock is not None else self.now
 
 
 @dataclass(frozen=True)

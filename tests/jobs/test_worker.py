@@ -36,7 +36,7 @@ def fake_job():
 async def test_run_job_once_for_a_given_day(settings, fake_job):
     job, runs = fake_job
     summary = await worker.run_job_once(settings, "test_fake", today=date(2026, 11, 26))
-    assert summary == {"seen": 3, "sent": 2, "skipped": 0, "failed": 0}
+    assert summary == {"seen": 3, "sent": 2, "skipped": 0, "failed": 0, "queued": 0}
     assert [ctx.today for ctx in runs] == [date(2026, 11, 26)]
     assert runs[0].oa_wechat is not None and runs[0].wechat is not None
 

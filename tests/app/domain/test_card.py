@@ -44,12 +44,12 @@ async def test_only_a_member_with_a_card_gets_a_push(db):
 async def test_a_debit_pushes_a_negative_bonus(db):
     holder = await new_member("spender", card_code="c-2")
     await award(holder, 50, "k:earn")
-    await points.spend(member_id=holder.id, amount=30, reason="redeem", key="k:spend")
+    await points.spend(member_id=holder.id, amount=30, reason="redeem", key="k:spend", now=NOW)
     rows = await card_rows(holder)
     assert [r.payload for r in rows] == [{"add_bonus": 50, "record_bonus": "签到奖励"},
                                          {"add_bonus": -30, "record_bonus": "积分兑换"}]
     with pytest.raises(InsufficientPoints):
-        await points.spend(member_id=holder.id, amount=999, reason="redeem", key="k:too-much")
+        await points.spend(member_id=holder.id, amount=999, reason="redeem", key="k:too-much", now=NOW)
     assert len(await card_rows(holder)) == 2
     await assert_ledger_consistent()
 
@@ -104,7 +104,7 @@ async def test_push_updates_the_card_and_raises_when_wechat_is_down(db, oa_wecha
     await award(holder, 9, "k:push")
     [row] = await card_rows(holder)
     await card.push(row, wechat=oa_wechat)
-    assert sim_state.card_updates[-1] == {"code": "c-push", "card_id": "p-card", "add_bonus": 9,
+    assert sim_state.card_updates[-1] == {"code": "c-push", "card_id": "p-card", "bonus": 9,
                                           "record_bonus": "签到奖励"}
     sim_state.down = True
     with pytest.raises(WeChatUnavailable):
@@ -132,7 +132,7 @@ async def test_the_outbox_survives_a_simulator_outage(db, oa_wechat, settings, s
                                             init_bonus=start)
     await award(a, 5, "k:a1")
     await award(b, 20, "k:b1", reason="pay")
-    await points.spend(member_id=a.id, amount=12, reason="redeem", key="k:a2")
+    await points.spend(member_id=a.id, amount=12, reason="redeem", key="k:a2", now=NOW)
     await award(a, 3, "k:a3", reason="referral")
 
     sim_state.down = True
@@ -150,9 +150,12 @@ async def test_the_outbox_survives_a_simulator_outage(db, oa_wechat, settings, s
     done = await drain_outbox(oa_wechat, settings, NOW + timedelta(hours=1))
     assert done["sent"] == 4 and done.get("dead", 0) == 0
     assert await OutboxMessage.filter(channel="card").exclude(status="sent").count() == 0
-    sent = [(u["code"], u["add_bonus"]) for u in sim_state.card_updates]
-    assert [x for x in sent if x[0] == "c-alice"] == [("c-alice", 5), ("c-alice", -12), ("c-alice", 3)]
-    assert [x for x in sent if x[0] == "c-bob"] == [("c-bob", 20)]
+    # each push carries the balance at send time: after the outage, the final one each time
+    sent = [(u["code"], u["bonus"], u["record_bonus"]) for u in sim_state.card_updates]
+    assert [x for x in sent if x[0] == "c-alice"] == [("c-alice", 6, "签到奖励"), ("c-alice", 6, "积分兑换"),
+                                                     ("c-alice", 6, "邀请奖励")]
+    assert [x for x in sent if x[0] == "c-bob"] == [("c-bob", 30, "消费积分")]
+    assert all("add_bonus" not in u for u in sim_state.card_updates)
     for m, code in ((a, "c-alice"), (b, "c-bob")):
         assert sim_state.card_bonus[code] == (await Member.get(id=m.id)).points
     await assert_ledger_consistent()

@@ -111,7 +111,7 @@ async def _seed() -> None:
             posting = await points.award(member_id=a.id, amount=delta, reason=reason, key=key, now=at,
                                          expiry_months=12)
         else:
-            posting = await points.spend(member_id=a.id, amount=-delta, reason=reason, key=key)
+            posting = await points.spend(member_id=a.id, amount=-delta, reason=reason, key=key, now=at)
         await LedgerEntry.filter(id=posting.entry.id).update(created_at=at)
     await Referral.create(inviter=a, invitee=b, created_at=shanghai(2026, 11, 1, 20, 0),
                           paid_at=shanghai(2026, 11, 2, 9, 0))
