@@ -1,4 +1,4 @@
-"""The command line: serve, migrate, worker, jobs list|run, ledger verify, oa menu push.
+"""The command line: serve, migrate, worker, jobs list|run, ledger verify, card reconcile, oa menu push.
 
 Every command reads the environment of CONTRACT.md (DATABASE_URL, REDIS_URL, ...).
 """
@@ -192,6 +192,36 @@ def cmd_ledger_verify(settings: Settings, args) -> int:
     return asyncio.run(run())
 
 
+def cmd_card_reconcile(settings: Settings, args) -> int:
+    from tqdm import tqdm
+
+    from app import keys
+    from app.domain import card
+    from jobs.worker import started
+
+    logs.setup("WARNING")
+
+    async def run() -> int:
+        async with started(settings) as app:
+            wechat = app[keys.oa_wechat_key]
+            holders = await card.card_holders()
+            repaired = failed = 0
+            with tqdm(total=holders, unit="card", disable=args.quiet, file=sys.stderr) as bar:
+                async for seen, changed in card.reconcile(wechat=wechat):
+                    bar.update(seen)
+                    for item in changed:
+                        if "error" in item:
+                            failed += 1
+                            tqdm.write(f"member {item['member_id']}: {item['error']}", file=sys.stderr)
+                        else:
+                            repaired += 1
+                            tqdm.write(f"member {item['member_id']}: card {item['card']} -> {item['points']}")
+            print(f"checked {holders} cards: {repaired} re-pushed, {failed} failed")
+            return 1 if failed else 0
+
+    return asyncio.run(run())
+
+
 def cmd_oa_menu_push(settings: Settings, args) -> int:
     from handlers.wechat.menu import push_menu
 
@@ -241,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "member that breaks it and exits 1; exits 0 when all hold.", epilog=EPILOG)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_ledger_verify)
+
+    p = sub.add_parser("card", help="the WeChat member card", epilog=EPILOG)
+    card_cmd = p.add_subparsers(dest="card_command", required=True, metavar="ACTION")
+    q = card_cmd.add_parser(
+        "reconcile", help="re-push the balance of every member whose card shows other points",
+        description="For every member holding a card: read the card's bonus from WeChat "
+                    "(card/membercard/userinfo/get) and, where it differs from the member's points, "
+                    "set it (card/membercard/updateuser with the absolute bonus). Prints each card "
+                    "re-pushed and a summary; exits 1 when WeChat refused or failed one.", epilog=EPILOG)
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_card_reconcile)
 
     p = sub.add_parser("oa", help="official account tools", epilog=EPILOG)
     oa = p.add_subparsers(dest="oa_command", required=True, metavar="ACTION")

@@ -16,7 +16,8 @@ def run(*args, env=None):
 
 
 @pytest.mark.parametrize("argv", [[], ["serve"], ["migrate"], ["worker"], ["jobs"], ["jobs", "run"],
-                                  ["ledger", "verify"], ["oa", "menu", "push"]])
+                                  ["ledger", "verify"], ["card", "reconcile"],
+                                  ["oa", "menu", "push"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*argv, "--help"])

@@ -159,3 +159,82 @@ async def test_the_outbox_survives_a_simulator_outage(db, oa_wechat, settings, s
     for m, code in ((a, "c-alice"), (b, "c-bob")):
         assert sim_state.card_bonus[code] == (await Member.get(id=m.id)).points
     await assert_ledger_consistent()
+
+
+# -- the absolute bonus (issue 10): retries are harmless, the next push repairs, reconcile ----
+
+
+async def activated(name: str, code: str, oa_wechat, *, points_before: int = 0) -> Member:
+    member = await new_member(name)
+    if points_before:
+        await award(member, points_before, f"k:{name}:pre")
+    start = await card.link(member_id=member.id, code=code, card_id="p-card")
+    await oa_wechat.membercard_activate(membership_number=str(member.id), code=code, card_id="p-card",
+                                        init_bonus=start)
+    return member
+
+
+async def test_a_retried_push_is_harmless_and_the_next_repairs_a_dead_one(db, oa_wechat, settings, sim_state):
+    holder = await activated("retry", "c-retry", oa_wechat)
+    await award(holder, 9, "k:r1")
+    [row] = await card_rows(holder)
+    # WeChat applied it but our answer was lost: the outbox sends the same push again.
+    await card.push(row, wechat=oa_wechat)
+    await card.push(row, wechat=oa_wechat)
+    assert sim_state.card_bonus["c-retry"] == 9
+
+    await outbox.deliver_due(wechat=oa_wechat, oa_wechat=oa_wechat, settings=settings, now=NOW)
+    await award(holder, 5, "k:r2")
+    sim_state.down = True
+    dead = await outbox.deliver_due(wechat=oa_wechat, oa_wechat=oa_wechat, now=NOW,
+                                    settings=settings.with_(outbox_max_attempts=1))
+    assert dead["dead"] == 1 and sim_state.card_bonus["c-retry"] == 9
+    sim_state.down = False
+    await award(holder, 3, "k:r3")
+    await drain_outbox(oa_wechat, settings, NOW)
+    assert sim_state.card_bonus["c-retry"] == (await Member.get(id=holder.id)).points == 17
+    await assert_ledger_consistent()
+
+
+async def test_reconcile_re_pushes_only_the_cards_that_differ(db, oa_wechat, sim_state):
+    wrong = await activated("wrong", "c-wrong", oa_wechat, points_before=40)
+    right = await activated("right", "c-right", oa_wechat, points_before=25)
+    lost = await new_member("lost", card_code="c-lost")  # linked, but WeChat never saw the card
+    sim_state.card_bonus["c-wrong"] = 7  # a push lost for good
+    assert (await oa_wechat.membercard_userinfo(code="c-right", card_id="p-card"))["bonus"] == 25
+
+    batches = [b async for b in card.reconcile(wechat=oa_wechat, batch=2)]
+    assert [seen for seen, _ in batches] == [2, 1]
+    changed = [item for _, items in batches for item in items]
+    assert changed[0] == {"member_id": wrong.id, "card": 7, "points": 40}
+    assert changed[1]["member_id"] == lost.id and "40056" in changed[1]["error"]
+    assert sim_state.card_bonus["c-wrong"] == 40 and sim_state.card_bonus["c-right"] == 25
+    assert [u["code"] for u in sim_state.card_updates] == ["c-wrong"]
+    assert sim_state.card_updates[-1]["record_bonus"] == card.RECONCILE_TEXT
+    assert [b async for b in card.reconcile(wechat=oa_wechat)][0][1] == [changed[1]]  # only the lost one
+    assert right.id not in {item["member_id"] for item in changed}
+
+
+async def test_card_reconcile_command(db, oa_wechat, settings, sim_state, migrated, redis_url, data_dir):
+    import os
+    import sys
+
+    from miniprogram_stub.simulator.wechat import SANDBOX_OA_APPID, SANDBOX_OA_SECRET
+    from tests.conftest import MP_SECRET
+
+    wrong = await activated("cli-wrong", "c-cli-1", oa_wechat, points_before=12)
+    await activated("cli-right", "c-cli-2", oa_wechat, points_before=3)
+    sim_state.card_bonus["c-cli-1"] = 0
+    env = {**os.environ, "DATABASE_URL": migrated, "REDIS_URL": redis_url, "DATA_DIR": str(data_dir),
+           "WECHAT_API_BASE": settings.wechat_api_base, "WECHAT_MP_APPID": MP_APPID,
+           "WECHAT_MP_SECRET": MP_SECRET, "WECHAT_OA_APPID": SANDBOX_OA_APPID,
+           "WECHAT_OA_SECRET": SANDBOX_OA_SECRET}
+    # The simulator answers on this test's event loop: the command runs beside it, not blocking it.
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "card", "reconcile", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    assert f"member {wrong.id}: card 0 -> 12" in out.decode()
+    assert "checked 2 cards: 1 re-pushed, 0 failed" in out.decode()
+    assert "card" in err.decode()  # the progress bar, on stderr
+    assert sim_state.card_bonus["c-cli-1"] == 12 and sim_state.card_bonus["c-cli-2"] == 3
