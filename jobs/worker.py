@@ -119,10 +119,11 @@ async def run_job_once(settings: Settings, name: str, *, today: date | None = No
     jobs = load_all()
     if name not in jobs:
         raise UnknownJob(name, sorted(jobs))
+    clock = clock or Clock()
+    business = business_day(clock.now(), settings.tz)
+    if today is not None and today > business:
+        raise FutureDay(today, business)  # before anything starts: nothing is touched
     async with started(settings, clock) as app:
-        business = business_day(app[keys.clock_key].now(), settings.tz)
-        if today is not None and today > business:
-            raise FutureDay(today, business)
         before = await OutboxMessage.all().order_by("-id").first().values_list("id", flat=True) or 0
         with tqdm(total=0, desc=name, unit="item", file=sys.stderr, leave=False) as bar:
             def total(n: int) -> None:
