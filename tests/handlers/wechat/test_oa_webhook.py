@@ -20,6 +20,22 @@ TOKEN = "oa-test-token"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 ACCOUNT = "gh_0123456789ab"
 _times = itertools.count(1_800_000_000)
+_clock = None  # the clock of the app under test (`signed_at_the_apps_time`)
+
+
+@pytest.fixture(autouse=True)
+def signed_at_the_apps_time(request):
+    """WeChat signs a push with its own `timestamp`: these tests sign at the app's time."""
+    global _clock
+    from app.domain.clock import Clock
+
+    _clock = request.getfixturevalue("clock") if "client" in request.fixturenames else Clock()
+    yield
+    _clock = None
+
+
+def _timestamp() -> str:
+    return str(int(_clock.now().timestamp()))
 
 
 @pytest.fixture
@@ -35,7 +51,7 @@ def settings(settings, reply_timeout):
 
 def signed(token: str = TOKEN, *, timestamp: str | None = None, nonce: str = "4242") -> dict[str, str]:
     """Query args of a plain-mode push: signature = sha1(sorted [token, timestamp, nonce])."""
-    timestamp = timestamp or str(int(time.time()))
+    timestamp = timestamp or _timestamp()
     sig = hashlib.sha1("".join(sorted([token, timestamp, nonce])).encode()).hexdigest()
     return {"signature": sig, "timestamp": timestamp, "nonce": nonce}
 
@@ -176,7 +192,7 @@ async def test_safe_mode_with_a_bad_msg_signature_is_400(client, member):
 
 def encrypt(plain: bytes, *, nonce: str = "n0nce", timestamp: str | None = None) -> tuple[bytes, dict]:
     """WeChat's safe-mode push of `plain`: the envelope body and its query args."""
-    timestamp = timestamp or str(int(time.time()))
+    timestamp = timestamp or _timestamp()
     wrapped = WeChatCrypto(TOKEN, AES_KEY, SANDBOX_OA_APPID).encrypt_message(plain.decode(), nonce, timestamp)
     fields = parse_xml(wrapped.encode())
     body = (f"<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName>"

@@ -1,7 +1,6 @@
 """POST /wechat/pay/notify (APIv3) and the v2 XML forms, signed as WeChat signs them."""
 import asyncio
 import json
-import time
 import uuid
 
 import pytest
@@ -240,6 +239,7 @@ async def test_huge_body_refused(client):
 async def test_rotated_keys_both_accepted(aiohttp_client, settings, redis_url, tmp_path, clock):
     from cryptography.hazmat.primitives import serialization
 
+    from app import keys
     from app.main import create_app
     from tests.conftest import reset_state
 
@@ -251,7 +251,7 @@ async def test_rotated_keys_both_accepted(aiohttp_client, settings, redis_url, t
                              pay_public_key_path=f"{sim.PLATFORM_PUBLIC_KEY_PATH},{pem}")
     app_client = await aiohttp_client(create_app(rotated))
     await reset_state(redis_url)
-    now = int(time.time())
+    now = int(app_client.app[keys.clock_key].now().timestamp())
     old = signed_payment(openid="o-rot", fen=100, timestamp=now)
     new = signed_payment(openid="o-rot", fen=100, timestamp=now, private_key=new_key, serial="PUB_KEY_ID_NEW")
     crossed = signed_payment(openid="o-rot", fen=100, timestamp=now, private_key=new_key)
