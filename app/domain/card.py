@@ -135,6 +135,19 @@ async def activate(*, wechat: WeChatClient, member_id: int, activate_ticket: str
     return member
 
 
+async def _push_until_settled(wechat: WeChatClient, *, member_id: int, code: str, card_id: str) -> int:
+    """Push the balance, then read it again: an outbox push of a newer balance may have landed
+    before ours, so push again until the balance read after a push is the one pushed."""
+    balance = None
+    for _ in range(5):
+        fresh = int(await Member.filter(id=member_id).first().values_list("points", flat=True) or 0)
+        if fresh == balance:
+            break
+        await wechat.membercard_updateuser(code=code, card_id=card_id, bonus=fresh, record_bonus=RECONCILE_TEXT)
+        balance = fresh
+    return int(balance or 0)
+
+
 async def card_holders() -> int:
     """How many members hold a card (what `reconcile` goes through)."""
     return await Member.filter(card_code__isnull=False, card_id__isnull=False).count()
@@ -158,11 +171,8 @@ async def reconcile(*, wechat: WeChatClient, batch: int = RECONCILE_BATCH) -> As
                 shown = await wechat.membercard_userinfo(code=code, card_id=card_id)
                 if int(shown.get("bonus") or 0) == int(balance):
                     continue
-                # The balance again, read just before the push: a change since is pushed by the outbox.
-                fresh = await Member.filter(id=member_id).first().values_list("points", flat=True)
-                await wechat.membercard_updateuser(code=code, card_id=card_id, bonus=int(fresh or 0),
-                                                   record_bonus=RECONCILE_TEXT)
-                changed.append({"member_id": member_id, "card": shown.get("bonus"), "points": int(fresh or 0)})
+                pushed = await _push_until_settled(wechat, member_id=member_id, code=code, card_id=card_id)
+                changed.append({"member_id": member_id, "card": shown.get("bonus"), "points": pushed})
             except WeChatError as exc:
                 changed.append({"member_id": member_id, "card": None, "points": int(balance), "error": str(exc)})
         yield len(rows), changed
