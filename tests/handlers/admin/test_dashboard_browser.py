@@ -186,3 +186,18 @@ async def test_a_wrong_token_sends_the_operator_back_to_the_form(client, chromiu
             assert await tools.js("sessionStorage.getItem('members-admin-token')") is None
             assert not await tools.js("document.getElementById('login').classList.contains('hidden')")
             tools.reader.cancel()
+
+
+async def test_the_link_make_run_prints_signs_the_operator_in(client, chromium):
+    """`make run` prints /admin/#token=…: the page keeps the token and drops it from the address."""
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"http://127.0.0.1:{chromium}/json/new?about:blank") as resp:
+            target = await resp.json()
+        async with http.ws_connect(target["webSocketDebuggerUrl"]) as ws:
+            tools = DevTools(ws)
+            await tools.call("Page.navigate", url=str(client.make_url("/admin/")) + f"#token={ADMIN_TOKEN}")
+            await tools.until("document.readyState === 'complete' && document.body.dataset.ready === '1'")
+            assert await tools.js("sessionStorage.getItem('members-admin-token')") == ADMIN_TOKEN
+            assert await tools.js("location.hash") == ""
+            assert await tools.js("document.getElementById('login').classList.contains('hidden')")
+            tools.reader.cancel()
