@@ -74,7 +74,9 @@ async def test_twenty_identical_notifications_award_once(client, login, clock):
     now = int(clock.now().timestamp())
     tid = "4200000000000000000000000001"
     # Each delivery is signed afresh (own nonce), as WeChat's retries are.
-    sends = [signed_payment(openid="o-dup", fen=50_000, transaction_id=tid, timestamp=now) for _ in range(20)]
+    # paid on a Monday: no member day, whatever day the suite runs
+    sends = [signed_payment(openid="o-dup", fen=50_000, transaction_id=tid, timestamp=now,
+                            success_time="2026-11-23T10:00:00+08:00") for _ in range(20)]
     responses = await asyncio.gather(*(post_signed(client, h, b) for h, b, _ in sends))
     assert [r.status for r in responses] == [204] * 20
     assert await Payment.filter(transaction_id=tid).count() == 1
@@ -276,9 +278,10 @@ async def test_not_configured_is_503(aiohttp_client, settings, redis_url):
 
 # -- v2 -------------------------------------------------------------------------------------------
 
-def v2_payment(openid: str, fen: int, transaction_id: str, sign_type: str = "MD5", key: str = sim.SANDBOX_V2_KEY):
+def v2_payment(openid: str, fen: int, transaction_id: str, sign_type: str = "MD5", key: str = sim.SANDBOX_V2_KEY,
+               time_end: str = "20261123100000"):  # a Monday: no member day, whatever day the suite runs
     params = sim.v2_payment_params(appid=MP_APPID, openid=openid, transaction_id=transaction_id,
-                                   out_trade_no=f"o-{transaction_id}", total_fee=fen)
+                                   out_trade_no=f"o-{transaction_id}", total_fee=fen, time_end=time_end)
     return sim.build_v2_payment_xml(params, key=key, sign_type=sign_type)
 
 
@@ -337,7 +340,7 @@ async def test_redemption_order_completed_by_its_payment(client, login, clock):
     await Redemption.create(reward=reward, member_id=member.id, points=100, cash_fen=990, status="pending",
                             out_trade_no="rd0123456789abcdef")
     resource = sim.transaction_resource(openid="o-mall", transaction_id="4200mall1", out_trade_no="rd0123456789abcdef",
-                                        total_fen=990, appid=MP_APPID)
+                                        total_fen=990, appid=MP_APPID, success_time="2026-11-23T10:00:00+08:00")
     for _ in range(2):
         headers, body = sim.build_v3_notification(event_type="TRANSACTION.SUCCESS", resource=resource,
                                                   timestamp=int(clock.now().timestamp()))
