@@ -60,7 +60,7 @@ async def enqueue(*, conn: BaseDBAsyncClient, member_id: int, entry: LedgerEntry
     Call it in the ledger entry's transaction, after the member's balance UPDATE: that row lock
     orders it against `link`, so a change is either in the card's init_bonus or queued, never
     both, never neither. Key `card:{entry.id}`: one push per entry, due at `now`. The payload
-    keeps the entry's change for the record; the push itself sends the balance of its day.
+    keeps the entry's change for the record; the push itself sends the balance when it is sent.
     """
     payload = json.dumps({"add_bonus": int(entry.delta), "record_bonus": record_text(entry.reason)},
                          ensure_ascii=False, separators=(",", ":"))
