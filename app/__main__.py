@@ -1,4 +1,4 @@
-"""The command line: serve, migrate, worker, jobs list|run, ledger verify, oa menu push.
+"""The command line: serve, migrate, worker, jobs list|run, ledger verify, card reconcile, oa menu push.
 
 Every command reads the environment of CONTRACT.md (DATABASE_URL, REDIS_URL, ...).
 """
@@ -8,6 +8,8 @@ import argparse
 import asyncio
 import logging
 import multiprocessing
+import os
+import secrets
 import signal
 import sys
 from datetime import date
@@ -58,9 +60,28 @@ def _serve_one(settings: Settings, reuse_port: bool) -> None:
                 reuse_port=reuse_port, access_log=None, print=None)
 
 
+def sandbox_admin_token(settings: Settings) -> str:
+    """`make run` in sandbox mode with ADMIN_TOKEN unset: a token of its own, kept (owner-only)
+    in DATA_DIR/admin_token so a restart keeps the dashboard link working."""
+    path = settings.data_dir / "admin_token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    return token
+
+
 def cmd_serve(settings: Settings, args) -> int:
     if args.migrate:
         asyncio.run(_migrate(settings, quiet=True))
+    made_token = args.sandbox_admin_token and settings.sandbox and not settings.admin_token
+    if made_token:
+        settings = settings.with_(admin_token=sandbox_admin_token(settings))
     workers = settings.workers
     if workers > 1 and (settings.database_url.startswith("sqlite") or not settings.redis_url):
         print("WORKERS > 1 needs PostgreSQL (DATABASE_URL) and an external Redis (REDIS_URL)",
@@ -73,6 +94,16 @@ def cmd_serve(settings: Settings, args) -> int:
           f"  try:      curl http://{settings.host}:{settings.port}/healthz\n"
           f"            .venv/bin/python -m miniprogram_stub demo --base http://{settings.host}:{settings.port}",
           flush=True)
+    dashboard = f"http://{settings.host}:{settings.port}/admin/"
+    if made_token:
+        print(f"  dashboard: {dashboard}#token={settings.admin_token}\n"
+              f"             (a sandbox ADMIN_TOKEN, kept in {settings.data_dir / 'admin_token'})", flush=True)
+    elif settings.admin_token:
+        print(f"  dashboard: {dashboard} (sign in with ADMIN_TOKEN)", flush=True)
+    else:
+        print("  dashboard: off (ADMIN_TOKEN is unset: /admin answers 503)", flush=True)
+    if settings.scheduler_in_serve:
+        print("  jobs:      the scheduler and the outbox delivery run in this process", flush=True)
     if workers == 1:
         _serve_one(settings, reuse_port=False)
         return 0
@@ -113,7 +144,7 @@ def cmd_jobs_list(settings: Settings, args) -> int:
 
 
 def cmd_jobs_run(settings: Settings, args) -> int:
-    from jobs.worker import UnknownJob, run_job_once
+    from jobs.worker import FutureDay, UnknownJob, run_job_once
 
     logs.setup("WARNING")
     try:
@@ -123,10 +154,18 @@ def cmd_jobs_run(settings: Settings, args) -> int:
         return 2
     try:
         summary = asyncio.run(run_job_once(settings, args.name, today=today))
-    except UnknownJob as exc:
+    except (UnknownJob, FutureDay) as exc:
         print(exc, file=sys.stderr)
         return 2
+    queued, delivered = summary.pop("queued", 0), summary.pop("delivered", None)
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    if delivered is None:
+        print(f"outbox: queued {queued}")
+    elif delivered.get("locked"):
+        print(f"outbox: queued {queued}; a running scheduler is delivering the outbox")
+    else:
+        print(f"outbox: queued {queued}; sent {delivered['sent']}, skipped {delivered['skipped']}, "
+              f"retried {delivered['retried']}, failed {delivered['failed']}")
     return 0 if not summary.get("failed") else 1
 
 
@@ -153,6 +192,36 @@ def cmd_ledger_verify(settings: Settings, args) -> int:
     return asyncio.run(run())
 
 
+def cmd_card_reconcile(settings: Settings, args) -> int:
+    from tqdm import tqdm
+
+    from app import keys
+    from app.domain import card
+    from jobs.worker import started
+
+    logs.setup("WARNING")
+
+    async def run() -> int:
+        async with started(settings) as app:
+            wechat = app[keys.oa_wechat_key]
+            holders = await card.card_holders()
+            repaired = failed = 0
+            with tqdm(total=holders, unit="card", disable=args.quiet, file=sys.stderr) as bar:
+                async for seen, changed in card.reconcile(wechat=wechat):
+                    bar.update(seen)
+                    for item in changed:
+                        if "error" in item:
+                            failed += 1
+                            tqdm.write(f"member {item['member_id']}: {item['error']}", file=sys.stderr)
+                        else:
+                            repaired += 1
+                            tqdm.write(f"member {item['member_id']}: card {item['card']} -> {item['points']}")
+            print(f"checked {holders} cards: {repaired} re-pushed, {failed} failed")
+            return 1 if failed else 0
+
+    return asyncio.run(run())
+
+
 def cmd_oa_menu_push(settings: Settings, args) -> int:
     from handlers.wechat.menu import push_menu
 
@@ -167,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve HTTP on HOST:PORT (WORKERS processes)", epilog=EPILOG)
     p.add_argument("--no-migrate", dest="migrate", action="store_false",
                    help="do not apply pending migrations first")
+    p.add_argument("--sandbox-admin-token", action="store_true",
+                   help="in sandbox mode with ADMIN_TOKEN unset, make an admin token (kept in "
+                        "DATA_DIR/admin_token) and print the dashboard URL with it (make run)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("migrate", help="apply the committed database migrations", epilog=EPILOG)
@@ -180,9 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     q = jobs.add_parser("list", help="the jobs and when they run")
     q.set_defaults(func=cmd_jobs_list)
-    q = jobs.add_parser("run", help="run one job once (idempotent: a re-run does nothing twice)")
+    q = jobs.add_parser("run", help="run one job once (idempotent: a re-run does nothing twice)",
+                        description="Runs the job once, then delivers what it queued in the outbox "
+                                    "(subscription messages, card pushes) and prints both: the job's "
+                                    "summary, then `outbox: queued N; sent ...`.", epilog=EPILOG)
     q.add_argument("name", help="a job name from `jobs list`")
-    q.add_argument("--today", metavar="YYYY-MM-DD", help="the business day to run it for")
+    q.add_argument("--today", metavar="YYYY-MM-DD",
+                   help="the business day to run it for: today (default) or an earlier day; a later "
+                        "day is refused (exit 2), as it would expire points and downgrade early")
     q.set_defaults(func=cmd_jobs_run)
 
     p = sub.add_parser("ledger", help="check the points ledger", epilog=EPILOG)
@@ -194,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "member that breaks it and exits 1; exits 0 when all hold.", epilog=EPILOG)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_ledger_verify)
+
+    p = sub.add_parser("card", help="the WeChat member card", epilog=EPILOG)
+    card_cmd = p.add_subparsers(dest="card_command", required=True, metavar="ACTION")
+    q = card_cmd.add_parser(
+        "reconcile", help="re-push the balance of every member whose card shows other points",
+        description="For every member holding a card: read the card's bonus from WeChat "
+                    "(card/membercard/userinfo/get) and, where it differs from the member's points, "
+                    "set it (card/membercard/updateuser with the absolute bonus). Prints each card "
+                    "re-pushed and a summary; exits 1 when WeChat refused or failed one.", epilog=EPILOG)
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_card_reconcile)
 
     p = sub.add_parser("oa", help="official account tools", epilog=EPILOG)
     oa = p.add_subparsers(dest="oa_command", required=True, metavar="ACTION")

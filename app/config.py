@@ -51,7 +51,8 @@ class Settings:
     admin_token: str | None = None
     data_dir: Path = ROOT / "data"
     log_level: str = "INFO"
-    # Runs APScheduler inside `serve` as well as in `worker` (one process is enough).
+    # Runs APScheduler inside `serve` as well as in `worker` (one process is enough). From the
+    # environment it defaults to on when WORKERS=1 (CONTRACT.md); built by hand (tests), off.
     scheduler_in_serve: bool = False
     # The outbox worker: sends per second (WeChat's limits are per appid), attempts before dead.
     outbox_rate: float = 20.0
@@ -104,12 +105,16 @@ class Settings:
             if p.strip()
         )
         defaults = cls()
+        workers = max(1, int(get("WORKERS") or 1))
+        # One process is the whole system (jobs and the outbox too); several share them out to
+        # `worker`, so a job does not run once per process.
+        in_serve = get("SCHEDULER_IN_SERVE") or ("1" if workers == 1 else "0")
         return cls(
             database_url=get("DATABASE_URL") or defaults.database_url,
             redis_url=get("REDIS_URL"),
             host=get("HOST") or defaults.host,
             port=int(get("PORT") or defaults.port),
-            workers=max(1, int(get("WORKERS") or 1)),
+            workers=workers,
             trusted_proxies=proxies,
             timezone=get("APP_TIMEZONE") or defaults.timezone,
             wechat_api_base=(get("WECHAT_API_BASE") or defaults.wechat_api_base).rstrip("/"),
@@ -132,7 +137,7 @@ class Settings:
             admin_token=get("ADMIN_TOKEN"),
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
             log_level=(get("LOG_LEVEL") or "INFO").upper(),
-            scheduler_in_serve=(get("SCHEDULER_IN_SERVE") or "0") in ("1", "true", "yes"),
+            scheduler_in_serve=in_serve.lower() in ("1", "true", "yes"),
             outbox_rate=float(get("OUTBOX_RATE") or defaults.outbox_rate),
             outbox_max_attempts=int(get("OUTBOX_MAX_ATTEMPTS") or defaults.outbox_max_attempts),
             wecom_corp_id=get("WECOM_CORP_ID"),

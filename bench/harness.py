@@ -141,7 +141,8 @@ async def server(env: dict, *, bare: bool = False) -> AsyncIterator[str]:
         args = ["-c", BARE_SERVER, str(port)]
         probe = f"http://127.0.0.1:{port}/"
     else:
-        env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
+        # The scheduler (on by default with WORKERS=1) would run jobs inside what is measured.
+        env = {"SCHEDULER_IN_SERVE": "0", **env, "PORT": str(port), "HOST": "127.0.0.1"}
         args = ["-m", "app", "serve", "--no-migrate"]
         probe = f"http://127.0.0.1:{port}/healthz"
     proc = await asyncio.create_subprocess_exec(sys.executable, *args, env=env,

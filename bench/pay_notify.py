@@ -152,7 +152,7 @@ async def main(args: argparse.Namespace) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WECHAT_")}
     server_db = urlunsplit(urlsplit(database_url)._replace(query=server_query))
     env.update(DATABASE_URL=server_db, REDIS_URL=redis_url, PORT=str(port), HOST="127.0.0.1",
-               WORKERS=str(args.workers), LOG_LEVEL="WARNING")
+               WORKERS=str(args.workers), LOG_LEVEL="WARNING", SCHEDULER_IN_SERVE="0")
     # Its own process group: with WORKERS > 1 the workers are its children and must stop with it.
     server = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "serve", env=env,
                                                   stdout=asyncio.subprocess.DEVNULL, start_new_session=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 
 from app.domain import outbox
-from app.domain.clock import utcnow
 from jobs.registry import Job, JobContext, register
 
 BATCH = 200
@@ -20,7 +19,7 @@ async def run(ctx: JobContext) -> dict:
     summary = {"seen": 0, "sent": 0, "skipped": 0, "failed": 0, "retried": 0}
     while True:
         done = await outbox.deliver_due(wechat=ctx.wechat, oa_wechat=ctx.oa_wechat or ctx.wechat,
-                                        settings=ctx.settings, now=utcnow(), limit=BATCH, bucket=bucket,
+                                        settings=ctx.settings, now=ctx.moment(), limit=BATCH, bucket=bucket,
                                         wecom=ctx.wecom)
         summary["seen"] += done["claimed"]
         summary["sent"] += done["sent"]

@@ -27,6 +27,11 @@ class JobContext:
     oa_wechat: Any = None  # the official account's WeChatClient (member-card pushes)
     pay: Any = None  # app.wechat.pay_client.PayClient, when WeChat Pay is configured
     wecom: Any = None  # app.wechat.wecom.WeComClient, None when 企业微信 is off
+    clock: Any = None  # the app's Clock (app/domain/clock.py), for a run that needs "now" again
+
+    def moment(self) -> datetime:
+        """Now by the app's clock; the run's start when it has none."""
+        return self.clock.now() if self.clock is not None else self.now
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from redis.exceptions import LockError
 
 from app import keys, resources
 from app.config import Settings
-from app.domain.clock import Clock, business_day, utcnow
+from app.domain.clock import Clock, business_day
 from jobs.registry import Job, JobContext, load_all
 
 log = logging.getLogger("jobs.worker")
@@ -32,17 +32,28 @@ LOCK_TIMEOUT = 300
 SUMMARY = ("seen", "sent", "skipped", "failed")
 
 
+class FutureDay(ValueError):
+    """`--today` later than the business day: a job would act early and irreversibly
+    (expire lots that are still valid, downgrade members before their time)."""
+
+    def __init__(self, day: date, business: date) -> None:
+        super().__init__(f"--today {day.isoformat()} is later than the business day "
+                         f"{business.isoformat()}: a job cannot run for a day that has not come "
+                         f"(earlier days are allowed)")
+        self.day, self.business = day, business
+
+
 class UnknownJob(LookupError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"unknown job {name!r}; the jobs are: {', '.join(known)}")
         self.name, self.known = name, known
 
 
-def resources_app(settings: Settings) -> web.Application:
+def resources_app(settings: Settings, clock: Clock | None = None) -> web.Application:
     """An Application with only the resource contexts, in the same order as create_app."""
     app = web.Application()
     app[keys.settings_key] = settings
-    app[keys.clock_key] = Clock()
+    app[keys.clock_key] = clock or Clock()
     for ctx in (resources.orm_ctx, resources.redis_ctx, resources.http_ctx,
                 resources.wechat_ctx, resources.pay_ctx, resources.wecom_ctx, resources.background_ctx):
         app.cleanup_ctx.append(ctx)
@@ -50,9 +61,9 @@ def resources_app(settings: Settings) -> web.Application:
 
 
 @asynccontextmanager
-async def started(settings: Settings) -> AsyncIterator[web.Application]:
+async def started(settings: Settings, clock: Clock | None = None) -> AsyncIterator[web.Application]:
     """The resources started (and cleaned up after) without serving HTTP."""
-    runner = web.AppRunner(resources_app(settings), handle_signals=False)
+    runner = web.AppRunner(resources_app(settings, clock), handle_signals=False)
     await runner.setup()
     try:
         yield runner.app
@@ -61,13 +72,13 @@ async def started(settings: Settings) -> AsyncIterator[web.Application]:
 
 
 def context(app: web.Application, *, today: date | None = None, **progress) -> JobContext:
-    settings = app[keys.settings_key]
-    now = utcnow()
-    oa_key = getattr(keys, "oa_wechat_key", None)  # the official account's client, when configured
+    settings, clock = app[keys.settings_key], app[keys.clock_key]
+    # The one place a job learns the time: the app's clock (a test's fixed one, else real time).
+    now = clock.now()
     return JobContext(settings=settings, redis=app[keys.redis_key], wechat=app[keys.wechat_key],
-                      oa_wechat=app.get(oa_key) if oa_key else None, pay=app.get(keys.pay_client_key),
-                      wecom=app.get(keys.wecom_key), now=now, today=today or business_day(now, settings.tz),
-                      **progress)
+                      oa_wechat=app.get(keys.oa_wechat_key), pay=app.get(keys.pay_client_key),
+                      wecom=app.get(keys.wecom_key), now=now, clock=clock,
+                      today=today or business_day(now, settings.tz), **progress)
 
 
 async def run_locked(job: Job, ctx: JobContext) -> dict:
@@ -94,21 +105,39 @@ async def run_locked(job: Job, ctx: JobContext) -> dict:
     return {**dict.fromkeys(SUMMARY, 0), **summary}
 
 
-async def run_job_once(settings: Settings, name: str, *, today: date | None = None) -> dict:
-    """`python -m app jobs run NAME [--today]`: one run, a progress bar on stderr, its summary."""
+async def run_job_once(settings: Settings, name: str, *, today: date | None = None,
+                       clock: Clock | None = None, deliver: bool = True) -> dict:
+    """`python -m app jobs run NAME [--today]`: one run, a progress bar on stderr, its summary.
+
+    `today` may be the business day or an earlier one, never a later one (FutureDay). What
+    the run queued in the outbox is then delivered at once (`deliver`), so a hand run needs
+    no second process; the summary gains `queued` and `delivered` (the outbox's counts).
+    """
     from tqdm import tqdm
+
+    from app.models import OutboxMessage
 
     jobs = load_all()
     if name not in jobs:
         raise UnknownJob(name, sorted(jobs))
-    async with started(settings) as app:
+    clock = clock or Clock()
+    business = business_day(clock.now(), settings.tz)
+    if today is not None and today > business:
+        raise FutureDay(today, business)  # before anything starts: nothing is touched
+    async with started(settings, clock) as app:
+        before = await OutboxMessage.all().order_by("-id").first().values_list("id", flat=True) or 0
         with tqdm(total=0, desc=name, unit="item", file=sys.stderr, leave=False) as bar:
             def total(n: int) -> None:
                 bar.total = n
                 bar.refresh()
 
-            ctx = context(app, today=today, total=total, advance=bar.update)
-            return await run_locked(jobs[name], ctx)
+            summary = await run_locked(jobs[name], context(app, today=today, total=total, advance=bar.update))
+        queued = await OutboxMessage.filter(id__gt=before).count()
+        if not deliver or name == "deliver_outbox" or not queued:
+            return {**summary, "queued": queued}
+        delivered = await run_locked(jobs["deliver_outbox"], context(app))
+        return {**summary, "queued": queued,
+                "delivered": {k: delivered.get(k, 0) for k in ("sent", "skipped", "retried", "failed", "locked")}}
 
 
 async def _scheduled(app: web.Application, job: Job) -> None:

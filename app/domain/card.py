@@ -3,23 +3,26 @@ keeping the card's bonus equal to the member's points.
 
 Every points change of a member holding a card is queued by `enqueue` in the ledger's own
 transaction (the durable outbox) and sent by the outbox worker through `push`
-(`card/membercard/updateuser`, `add_bonus` + `record_bonus`), in order per member.
+(`card/membercard/updateuser`, the absolute `bonus` + `record_bonus`), in order per member.
+The push sends the member's balance as it is when sent, never a delta: a retried push is
+harmless and the next push repairs one that died. `reconcile` re-pushes every card whose
+bonus differs from the member's points.
 """
 from __future__ import annotations
 
 import json
 import logging
 from datetime import date, datetime, timezone
+from typing import AsyncIterator
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from app.domain import members
-from app.domain.clock import utcnow
 from app.errors import Conflict
 from app.models import LedgerEntry, Member, OutboxMessage
-from app.wechat.client import WeChatClient
+from app.wechat.client import WeChatClient, WeChatError
 
 log = logging.getLogger("app.card")
 
@@ -29,6 +32,8 @@ RECORD_TEXT = {
     "referral": "邀请奖励", "redeem": "积分兑换", "expire": "积分过期", "admin": "人工调整",
     "birthday": "生日礼遇", "task": "任务奖励", "release": "兑换取消退回", "unredeem": "兑换退款退回",
 }
+RECONCILE_TEXT = "积分校正"
+RECONCILE_BATCH = 200
 
 # One INSERT … SELECT: the outbox row exists only if the member holds a card, decided in the
 # same statement, so the hot path of every ledger change costs one extra query.
@@ -49,14 +54,13 @@ def record_text(reason: str) -> str:
     return RECORD_TEXT.get(reason, reason)
 
 
-async def enqueue(*, conn: BaseDBAsyncClient, member_id: int, entry: LedgerEntry,
-                  now: datetime | None = None) -> None:
+async def enqueue(*, conn: BaseDBAsyncClient, member_id: int, entry: LedgerEntry, now: datetime) -> None:
     """Queue the card bonus push for one ledger entry, only if the member holds a card.
 
     Call it in the ledger entry's transaction, after the member's balance UPDATE: that row lock
     orders it against `link`, so a change is either in the card's init_bonus or queued, never
-    both, never neither. Key `card:{entry.id}`: one push per entry. Due at once: at the
-    earlier of the caller's `now` and the wall clock, so a worker on either clock sends it.
+    both, never neither. Key `card:{entry.id}`: one push per entry, due at `now`. The payload
+    keeps the entry's change for the record; the push itself sends the balance when it is sent.
     """
     payload = json.dumps({"add_bonus": int(entry.delta), "record_bonus": record_text(entry.reason)},
                          ensure_ascii=False, separators=(",", ":"))
@@ -64,23 +68,22 @@ async def enqueue(*, conn: BaseDBAsyncClient, member_id: int, entry: LedgerEntry
     if dialect not in _ENQUEUE:
         raise NotImplementedError(f"card.enqueue has no SQL for {dialect}")
     # raw SQL skips Tortoise's conversion: UTC, as the ORM stores it (SQLite compares text)
-    created = utcnow()
-    due = min(created, now.astimezone(timezone.utc)) if now is not None else created
-    await conn.execute_query(_ENQUEUE[dialect], [f"card:{entry.id}", payload, due, created, member_id])
+    at = now.astimezone(timezone.utc)
+    await conn.execute_query(_ENQUEUE[dialect], [f"card:{entry.id}", payload, at, at, member_id])
 
 
 async def push(message: OutboxMessage, *, wechat: WeChatClient) -> None:
-    """Send one queued bonus change to the member's card (`updateuser`); raises WeChatError
-    when WeChat refuses or is unreachable, so the outbox retries it. A card unlinked since the
-    change was queued has nothing to update: the push is done."""
+    """Set the member's card to the member's balance as it is now (`updateuser` with the
+    absolute `bonus`), with the queued change's `record_bonus`; raises WeChatError when WeChat
+    refuses or is unreachable, so the outbox retries it. A card unlinked since the change was
+    queued has nothing to update: the push is done."""
     member = await Member.get_or_none(id=message.member_id)
     if member is None or not member.card_code or not member.card_id:
         log.info("card push for a member without a card", extra={"fields": {"outbox": message.id}})
         return
     payload = message.payload or {}
     await wechat.membercard_updateuser(
-        code=member.card_code, card_id=member.card_id,
-        add_bonus=int(payload.get("add_bonus", 0)),
+        code=member.card_code, card_id=member.card_id, bonus=int(member.points),
         record_bonus=str(payload.get("record_bonus", "")),
     )
 
@@ -130,3 +133,46 @@ async def activate(*, wechat: WeChatClient, member_id: int, activate_ticket: str
                                      init_bonus=balance)
     member.card_code, member.card_id, member.points = code, card_id, balance
     return member
+
+
+async def _push_until_settled(wechat: WeChatClient, *, member_id: int, code: str, card_id: str) -> int:
+    """Push the balance, then read it again: an outbox push of a newer balance may have landed
+    before ours, so push again until the balance read after a push is the one pushed."""
+    balance = None
+    for _ in range(5):
+        fresh = int(await Member.filter(id=member_id).first().values_list("points", flat=True) or 0)
+        if fresh == balance:
+            break
+        await wechat.membercard_updateuser(code=code, card_id=card_id, bonus=fresh, record_bonus=RECONCILE_TEXT)
+        balance = fresh
+    return int(balance or 0)
+
+
+async def card_holders() -> int:
+    """How many members hold a card (what `reconcile` goes through)."""
+    return await Member.filter(card_code__isnull=False, card_id__isnull=False).count()
+
+
+async def reconcile(*, wechat: WeChatClient, batch: int = RECONCILE_BATCH) -> AsyncIterator[tuple[int, list[dict]]]:
+    """Compare every card's bonus (`card/membercard/userinfo/get`) with its member's points and
+    push the balance (`updateuser`, absolute `bonus`) to each card that differs. Yields, per
+    batch of members (keyset by id), how many were checked and what was repaired or failed:
+    `{"member_id", "card": bonus or None, "points", "error"?}`."""
+    last = 0
+    while True:
+        rows = await (Member.filter(id__gt=last, card_code__isnull=False, card_id__isnull=False)
+                      .order_by("id").limit(batch).values_list("id", "card_code", "card_id", "points"))
+        if not rows:
+            return
+        last = rows[-1][0]
+        changed: list[dict] = []
+        for member_id, code, card_id, balance in rows:
+            try:
+                shown = await wechat.membercard_userinfo(code=code, card_id=card_id)
+                if int(shown.get("bonus") or 0) == int(balance):
+                    continue
+                pushed = await _push_until_settled(wechat, member_id=member_id, code=code, card_id=card_id)
+                changed.append({"member_id": member_id, "card": shown.get("bonus"), "points": pushed})
+            except WeChatError as exc:
+                changed.append({"member_id": member_id, "card": None, "points": int(balance), "error": str(exc)})
+        yield len(rows), changed

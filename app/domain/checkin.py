@@ -111,7 +111,7 @@ async def make_up(*, rules: Rules, member_id: int, day: date, now: datetime, tz:
             # The slot number in the key makes the monthly limit a unique constraint, so two
             # racing make-ups cannot both take the last slot.
             await points.debit(conn=conn, member_id=member_id, amount=rule.cost, reason="makeup",
-                               key=f"makeup:{member_id}:{month}:{used + 1}", note=day.isoformat())
+                               key=f"makeup:{member_id}:{month}:{used + 1}", now=now, note=day.isoformat())
             member = await Member.get(id=member_id).using_db(conn)
             recent = set(await Checkin.filter(member_id=member_id, day__gte=today - timedelta(days=400))
                          .using_db(conn).values_list("day", flat=True))

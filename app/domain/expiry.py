@@ -18,7 +18,7 @@ from tortoise.transactions import in_transaction
 
 from app import metrics
 from app.domain import card
-from app.domain.clock import day_start, utcnow
+from app.domain.clock import day_start
 
 CHUNK = 5000
 
@@ -106,10 +106,9 @@ def _param(conn: BaseDBAsyncClient, moment: datetime):
 
 
 def _card_push_times(now: datetime) -> tuple[datetime, datetime]:
-    """As card.enqueue: created at the wall clock, due at the earlier of it and the run's `now`
-    (a hand run for a past day is due at once too), both UTC like every outbox time."""
-    created = utcnow()
-    return min(created, now.astimezone(timezone.utc)), created
+    """As card.enqueue: created and due at the run's `now`, UTC like every outbox time."""
+    at = now.astimezone(timezone.utc)
+    return at, at
 
 
 async def _expire_chunk_sqlite(tx: BaseDBAsyncClient, params: list, now: datetime) -> tuple[int, int, dict]:

@@ -123,14 +123,13 @@ async def fold(days) -> Fold:
 
 
 async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str, ...],
-                  fen_per_point: int = 1, now: datetime | None = None) -> dict:
+                  fen_per_point: int = 1, now: datetime) -> dict:
     """Every metric of the range `first`..`last` (business days of `tz`), as of `now`.
 
     `tier_keys` are the tiers in ascending order (rules.tiers.levels), which says whether a
     tier change went up or down. Per-day figures come from app/domain/metrics_days.py; the
     rest are aggregates over the range's rows.
     """
-    now = now or datetime.now(timezone.utc)
     start, end = day_start(first, tz), day_start(last + timedelta(days=1), tz)
     sql = metrics_days.RangeSql(tz)
     s, e = start.astimezone(timezone.utc), end.astimezone(timezone.utc)

@@ -252,10 +252,11 @@ async def _writers_done(conn: Any, wait: float) -> bool:
     return False
 
 
-async def build(tz: ZoneInfo, days: list[date], *, wait: float = CALL_WAIT,
+async def build(tz: ZoneInfo, days: list[date], *, now: datetime, wait: float = CALL_WAIT,
                 advance: Callable[[int], None] = lambda n: None) -> int:
     """Build and store `days` (ended ones, PostgreSQL only) whose stored row is missing or out
-    of date. Returns how many were built; a day is skipped if its writers cannot be waited out."""
+    of date, stamped built at `now`. Returns how many were built; a day is skipped if its writers
+    cannot be waited out."""
     conn = connections.get("default")
     if conn.capabilities.dialect != "postgres" or not days:
         return 0
@@ -280,10 +281,10 @@ async def build(tz: ZoneInfo, days: list[date], *, wait: float = CALL_WAIT,
             fresh = await compute_days(RangeSql(tz, tx), todo)
             for figures in fresh.values():
                 await tx.execute_query(
-                    "UPDATE metrics_day SET built_version = version, built_at = now(),"
-                    f" {', '.join(f'{name} = ${n}' for n, name in enumerate(DayFigures.SETS + DayFigures.SUMS, 3))}"
+                    "UPDATE metrics_day SET built_version = version, built_at = $3,"
+                    f" {', '.join(f'{name} = ${n}' for n, name in enumerate(DayFigures.SETS + DayFigures.SUMS, 4))}"
                     " WHERE tz = $1 AND day = $2",
-                    [tz.key, figures.day, *(_to_bytes(getattr(figures, name)) for name in DayFigures.SETS),
+                    [tz.key, figures.day, now, *(_to_bytes(getattr(figures, name)) for name in DayFigures.SETS),
                      *(getattr(figures, name) for name in DayFigures.SUMS)])
             built += len(todo)
         advance(len(batch))
@@ -312,7 +313,7 @@ async def figures(*, first: date, last: date, tz: ZoneInfo, now: datetime) -> As
         current = await _current(tz, days)
         missing = [day for day in days if day not in current and storable(day, tz, now)]
         if missing:
-            await build(tz, missing)
+            await build(tz, missing, now=now)
     for i in range(0, len(days), CHUNK_DAYS):
         chunk = days[i:i + CHUNK_DAYS]
         found = await _load(tz, chunk) if pg else {}
@@ -337,5 +338,5 @@ async def refresh(*, tz: ZoneInfo, now: datetime, days: int,
     current = await _current(tz, wanted)
     todo = [day for day in wanted if day not in current]
     total(len(todo))
-    built = await build(tz, todo, wait=JOB_WAIT, advance=advance)
+    built = await build(tz, todo, now=now, wait=JOB_WAIT, advance=advance)
     return {"days": len(wanted), "current": len(current), "built": built}

@@ -312,7 +312,7 @@ async def _take_back_earlier_refunds(*, conn: BaseDBAsyncClient, rules: Rules, p
         taken_points, taken_growth = taken_points + take_points, taken_growth + take_growth
         if take_points or take_growth:
             await points.debit(conn=conn, member_id=member_id, amount=take_points, reason="refund",
-                               key=f"refund:{refund.refund_id}", allow_negative=True, growth=take_growth,
+                               key=f"refund:{refund.refund_id}", now=now, allow_negative=True, growth=take_growth,
                                first_lot=lot, note=payment.transaction_id)
             await Refund.filter(id=refund.id).using_db(conn).update(points_taken=take_points,
                                                                     growth_taken=take_growth)
@@ -372,7 +372,7 @@ async def record_refund(*, rules: Rules, refund_id: str, transaction_id: str, re
                 lot = await LedgerEntry.filter(idempotency_key=f"pay:{row.transaction_id}") \
                     .using_db(conn).first().values_list("id", flat=True)
                 await points.debit(conn=conn, member_id=row.member_id, amount=take_points, reason="refund",
-                                   key=f"refund:{refund_id}", allow_negative=True, growth=take_growth,
+                                   key=f"refund:{refund_id}", now=now, allow_negative=True, growth=take_growth,
                                    first_lot=lot, note=transaction_id)
                 await tiers.follow_growth(conn=conn, member_id=row.member_id, rules=rules, cause="refund",
                                           now=now, allow_down=True)

@@ -104,7 +104,7 @@ async def credit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason
 
 
 async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason: str, key: str,
-                allow_negative: bool = False, growth: int = 0, first_lot: int | None = None,
+                now: datetime, allow_negative: bool = False, growth: int = 0, first_lot: int | None = None,
                 note: str = "", keep_lots: bool = False) -> Posting:
     """Take points inside the caller's transaction, oldest lots first.
 
@@ -124,7 +124,7 @@ async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason:
             raise NotFound(f"member {member_id} not found", code="member_not_found")
         raise InsufficientPoints(f"not enough points for {amount}")
     if row["card_code"] is not None:
-        await card.enqueue(conn=conn, member_id=member_id, entry=entry)
+        await card.enqueue(conn=conn, member_id=member_id, entry=entry, now=now)
     await _consume_lots(conn=conn, member_id=member_id, amount=amount, first_lot=first_lot,
                         debit_id=entry.id if keep_lots else None)
     metrics.POINTS_SPENT.labels(reason=reason).inc(amount)
@@ -245,13 +245,13 @@ async def award(*, member_id: int, amount: int, reason: str, key: str, now: date
         return existing
 
 
-async def spend(*, member_id: int, amount: int, reason: str, key: str,
+async def spend(*, member_id: int, amount: int, reason: str, key: str, now: datetime,
                 allow_negative: bool = False, note: str = "") -> Posting:
     """Debit points once per `key` in a transaction of its own (409 insufficient_points)."""
     try:
         async with in_transaction() as conn:
             return await debit(conn=conn, member_id=member_id, amount=amount, reason=reason,
-                               key=key, allow_negative=allow_negative, note=note)
+                               key=key, now=now, allow_negative=allow_negative, note=note)
     except IntegrityError:
         existing = await _existing(key)
         if existing is None:
@@ -266,7 +266,8 @@ async def adjust(*, conn: BaseDBAsyncClient, member_id: int, delta: int, reason:
     if delta >= 0:
         return await credit(conn=conn, member_id=member_id, amount=delta, reason=reason, key=key,
                             now=now, expiry_months=expiry_months, note=note)
-    return await debit(conn=conn, member_id=member_id, amount=-delta, reason=reason, key=key, note=note)
+    return await debit(conn=conn, member_id=member_id, amount=-delta, reason=reason, key=key, now=now,
+                       note=note)
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,12 @@ class WeChatClient:
         answers `{"result_bonus", "openid", …}`."""
         return await self._call("POST", "/card/membercard/updateuser", json=body)
 
+    async def membercard_userinfo(self, *, code: str, card_id: str) -> dict[str, Any]:
+        """What the member's card shows (`card/membercard/userinfo/get`): `{"bonus", "openid",
+        "membership_number", "user_card_status", …}`."""
+        return await self._call("POST", "/card/membercard/userinfo/get",
+                                json={"code": code, "card_id": card_id})
+
     async def membercard_activatetempinfo(self, activate_ticket: str) -> dict[str, str]:
         """`{"name", "phone", "birthday"}` from the member's one-click activation form
         (a field the form lacks comes back as an empty string)."""

@@ -55,6 +55,7 @@ def create_simulator_app(*, appid: str = "wx-sandbox-mp", secret: str = "sandbox
         web.post("/wxa/business/getuserphonenumber", with_token(getuserphonenumber)),
         web.post("/card/membercard/activate", with_token(membercard_activate)),
         web.post("/card/membercard/updateuser", with_token(membercard_updateuser)),
+        web.post("/card/membercard/userinfo/get", with_token(membercard_userinfo)),
         web.post("/card/membercard/activatetempinfo/get", with_token(membercard_activatetempinfo)),
         web.post("/cgi-bin/menu/create", with_token(menu_create)),
         web.post("/cgi-bin/message/custom/send", with_token(custom_send)),
@@ -284,6 +285,24 @@ async def membercard_updateuser(request: web.Request) -> web.Response:
     activation = next((a for a in reversed(state.card_activations) if a.get("code") == code), {})
     return reply({"errcode": 0, "errmsg": "ok", "result_bonus": balance, "result_balance": 0,
                   "openid": activation.get("openid", f"card-holder-{code}")})
+
+
+async def membercard_userinfo(request: web.Request) -> web.Response:
+    """What a card shows: its current `bonus` (after activation and every update); an unknown
+    `code` is WeChat's 40056 invalid serial code."""
+    state = request.app[state_key]
+    body = await read_json(request)
+    if body is None or not body.get("code") or not body.get("card_id"):
+        return error(47001, "data format error")
+    code = body["code"]
+    activation = next((a for a in reversed(state.card_activations) if a.get("code") == code), None)
+    if activation is None and code not in state.card_bonus:
+        return error(40056, "invalid serial code")
+    activation = activation or {}
+    return reply({"errcode": 0, "errmsg": "ok", "openid": activation.get("openid", f"card-holder-{code}"),
+                  "membership_number": activation.get("membership_number", ""),
+                  "bonus": state.card_bonus.get(code, 0), "balance": 0,
+                  "user_card_status": "NORMAL", "has_active": True})
 
 
 async def membercard_activatetempinfo(request: web.Request) -> web.Response:

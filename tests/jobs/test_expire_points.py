@@ -7,7 +7,6 @@ from datetime import timedelta
 
 from app.config import Settings
 from app.domain import card, expiry, points
-from app.domain.clock import utcnow
 from app.models import LedgerEntry, Member, OutboxMessage
 from jobs.expire_points import run as run_expire
 from jobs.registry import JobContext
@@ -36,9 +35,9 @@ async def test_expires_the_rest_of_partially_spent_lots_once(db):
     a, b, c = await member(1), await member(2), await member(3)
     await earn(a, 100, EARNED, "a1")
     await earn(a, 50, LATER, "a2")
-    await points.spend(member_id=a.id, amount=30, reason="redeem", key="a-spend")  # oldest lot first
+    await points.spend(member_id=a.id, amount=30, reason="redeem", key="a-spend", now=LATER)  # oldest lot first
     await earn(b, 40, EARNED, "b1")
-    await points.spend(member_id=b.id, amount=40, reason="redeem", key="b-spend")  # nothing left
+    await points.spend(member_id=b.id, amount=40, reason="redeem", key="b-spend", now=LATER)  # nothing left
     await earn(c, 10, EARNED - timedelta(days=40), "c1")
     await earn(c, 20, EARNED, "c2")
 
@@ -70,8 +69,9 @@ async def test_not_yet_due_at_the_minute_and_debt_untouched(db):
     a, debtor = await member(1), await member(2)
     await earn(a, 100, shanghai(2025, 11, 22, 0, 11), "a1")  # due one minute after the run
     await earn(debtor, 30, EARNED, "d1")
-    await points.spend(member_id=debtor.id, amount=30, reason="redeem", key="d-spend")
-    await points.spend(member_id=debtor.id, amount=20, reason="refund", key="d-refund", allow_negative=True)
+    await points.spend(member_id=debtor.id, amount=30, reason="redeem", key="d-spend", now=EARNED)
+    await points.spend(member_id=debtor.id, amount=20, reason="refund", key="d-refund", now=EARNED,
+                       allow_negative=True)
     assert (await run_expire(ctx(RUN)))["lots"] == 0
     assert (await Member.get(id=debtor.id)).points == -20
     assert (await run_expire(ctx(RUN + timedelta(minutes=1))))["lots"] == 1
@@ -96,7 +96,7 @@ async def test_concurrent_spends_during_expiry_keep_the_invariant(db):
 
     async def spend(m: Member) -> None:
         try:
-            await points.spend(member_id=m.id, amount=150, reason="redeem", key=f"race-{m.id}")
+            await points.spend(member_id=m.id, amount=150, reason="redeem", key=f"race-{m.id}", now=RUN)
         except Exception:
             pass  # insufficient after expiry: the race's other valid outcome
 
@@ -122,7 +122,7 @@ async def card_holder(n: int, code: str, oa_wechat) -> Member:
 async def test_a_card_holders_expiry_is_pushed_to_the_card_once(db, oa_wechat, settings, sim_state):
     holder = await card_holder(1, "c-exp", oa_wechat)
     await earn(holder, 50, LATER, "later")
-    await points.spend(member_id=holder.id, amount=30, reason="redeem", key="spend")  # from the old lot
+    await points.spend(member_id=holder.id, amount=30, reason="redeem", key="spend", now=LATER)  # the old lot
     plain = await member(2)
     await earn(plain, 40, EARNED, "plain")
 
@@ -140,10 +140,12 @@ async def test_a_card_holders_expiry_is_pushed_to_the_card_once(db, oa_wechat, s
     assert (await run_expire(ctx(RUN + timedelta(hours=1))))["lots"] == 0
     assert await OutboxMessage.all().count() == queued
 
-    # points.spend queues at the wall clock (it takes no `now`): deliver once that is past too.
-    done = await drain_outbox(oa_wechat, settings, max(RUN, utcnow()) + timedelta(minutes=5))
+    done = await drain_outbox(oa_wechat, settings, RUN + timedelta(minutes=5))
     assert done["sent"] == 3 and done.get("dead", 0) == 0
-    assert [u["add_bonus"] for u in sim_state.card_updates] == [50, -30, -70]
+    # each push sets the card to the balance when it is sent: all three after the expiry
+    assert [u["bonus"] for u in sim_state.card_updates] == [50, 50, 50]
+    assert "add_bonus" not in sim_state.card_updates[-1]
+    assert [u["record_bonus"] for u in sim_state.card_updates] == ["任务奖励", "积分兑换", "积分过期"]
     assert sim_state.card_updates[-1]["record_bonus"] == "积分过期"
     assert sim_state.card_bonus["c-exp"] == (await Member.get(id=holder.id)).points == 50
     await assert_ledger_consistent()
@@ -163,7 +165,7 @@ async def test_every_expired_lot_of_every_holder_across_chunks_is_pushed(db, oa_
     assert {p.member_id for p in pushes} == {m.id for m in holders}
     assert [p.key for p in pushes] == [f"card:{e.id}" for e in entries]  # the ledger's order
 
-    await drain_outbox(oa_wechat, settings, max(RUN, utcnow()) + timedelta(minutes=5))
+    await drain_outbox(oa_wechat, settings, RUN + timedelta(minutes=5))
     for n, m in enumerate(holders):
         assert sim_state.card_bonus[f"c-{n}"] == (await Member.get(id=m.id)).points == 0
     await assert_ledger_consistent()

@@ -33,7 +33,8 @@ async def test_thirty_and_seven_days_before_once(db):
     await earn(b, 50, shanghai(2025, 12, 8, 12, 0), "b1")  # expires 2026-12-08: 7 days on
     await earn(c, 50, shanghai(2026, 1, 1, 0, 0), "c1")  # 2027-01-01: 31 days on, not today
     await earn(spent, 10, shanghai(2025, 12, 31, 12, 0), "s1")
-    await points.spend(member_id=spent.id, amount=10, reason="redeem", key="s-spend")
+    await points.spend(member_id=spent.id, amount=10, reason="redeem", key="s-spend",
+                       now=shanghai(2026, 1, 1, 12, 0))
     now = shanghai(2026, 12, 1, 10, 0)
     first = await run(ctx(now))
     assert first["seen"] == 2 and first["sent"] == 2

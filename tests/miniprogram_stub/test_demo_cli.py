@@ -17,11 +17,21 @@ def settings(settings):
                           pay_public_key_path=str(sim.PLATFORM_PUBLIC_KEY_PATH))
 
 
+@pytest.fixture
+async def no_member_day(client):
+    """The demo pays at the wall clock's time: with member day off its figures hold on any day."""
+    from app.domain import rules
+    from app.models import Rule
+
+    await Rule.filter(key="member_day").update(value={"weekday": 3, "multiplier": 1.0})
+    rules.forget()
+
+
 def base(client) -> str:
     return str(client.make_url("")).rstrip("/")
 
 
-async def test_demo_prints_what_the_member_sees(client):
+async def test_demo_prints_what_the_member_sees(client, no_member_day):
     lines: list[str] = []
     code = await stub.run_demo(base=base(client), openid="o-demo", appid=MP_APPID, out=lines.append)
     text = "\n".join(lines)
@@ -34,7 +44,7 @@ async def test_demo_prints_what_the_member_sees(client):
     await assert_ledger_consistent()
 
 
-async def test_pay_and_refund_commands(client, login, capsys):
+async def test_pay_and_refund_commands(client, login, capsys, no_member_day):
     member = await login("o-cli")
     args = cli.build_parser().parse_args(["pay", "--openid", "o-cli", "--amount", "10000", "--appid", MP_APPID,
                                           "--transaction-id", "4200cli1", "--base", base(client)])

@@ -30,7 +30,7 @@ async def _ledger(member: Member, delta: int, reason: str, at: datetime) -> None
                                      now=at, expiry_months=12)
     else:
         posting = await points.spend(member_id=member.id, amount=-delta, reason=reason, key=key,
-                                     allow_negative=True)
+                                     now=at, allow_negative=True)
     # The ledger stamps entries with the wall clock; the fixture places them in time.
     await LedgerEntry.filter(id=posting.entry.id).update(created_at=at)
 

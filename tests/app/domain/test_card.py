@@ -44,12 +44,12 @@ async def test_only_a_member_with_a_card_gets_a_push(db):
 async def test_a_debit_pushes_a_negative_bonus(db):
     holder = await new_member("spender", card_code="c-2")
     await award(holder, 50, "k:earn")
-    await points.spend(member_id=holder.id, amount=30, reason="redeem", key="k:spend")
+    await points.spend(member_id=holder.id, amount=30, reason="redeem", key="k:spend", now=NOW)
     rows = await card_rows(holder)
     assert [r.payload for r in rows] == [{"add_bonus": 50, "record_bonus": "签到奖励"},
                                          {"add_bonus": -30, "record_bonus": "积分兑换"}]
     with pytest.raises(InsufficientPoints):
-        await points.spend(member_id=holder.id, amount=999, reason="redeem", key="k:too-much")
+        await points.spend(member_id=holder.id, amount=999, reason="redeem", key="k:too-much", now=NOW)
     assert len(await card_rows(holder)) == 2
     await assert_ledger_consistent()
 
@@ -104,7 +104,7 @@ async def test_push_updates_the_card_and_raises_when_wechat_is_down(db, oa_wecha
     await award(holder, 9, "k:push")
     [row] = await card_rows(holder)
     await card.push(row, wechat=oa_wechat)
-    assert sim_state.card_updates[-1] == {"code": "c-push", "card_id": "p-card", "add_bonus": 9,
+    assert sim_state.card_updates[-1] == {"code": "c-push", "card_id": "p-card", "bonus": 9,
                                           "record_bonus": "签到奖励"}
     sim_state.down = True
     with pytest.raises(WeChatUnavailable):
@@ -132,7 +132,7 @@ async def test_the_outbox_survives_a_simulator_outage(db, oa_wechat, settings, s
                                             init_bonus=start)
     await award(a, 5, "k:a1")
     await award(b, 20, "k:b1", reason="pay")
-    await points.spend(member_id=a.id, amount=12, reason="redeem", key="k:a2")
+    await points.spend(member_id=a.id, amount=12, reason="redeem", key="k:a2", now=NOW)
     await award(a, 3, "k:a3", reason="referral")
 
     sim_state.down = True
@@ -150,9 +150,91 @@ async def test_the_outbox_survives_a_simulator_outage(db, oa_wechat, settings, s
     done = await drain_outbox(oa_wechat, settings, NOW + timedelta(hours=1))
     assert done["sent"] == 4 and done.get("dead", 0) == 0
     assert await OutboxMessage.filter(channel="card").exclude(status="sent").count() == 0
-    sent = [(u["code"], u["add_bonus"]) for u in sim_state.card_updates]
-    assert [x for x in sent if x[0] == "c-alice"] == [("c-alice", 5), ("c-alice", -12), ("c-alice", 3)]
-    assert [x for x in sent if x[0] == "c-bob"] == [("c-bob", 20)]
+    # each push carries the balance at send time: after the outage, the final one each time
+    sent = [(u["code"], u["bonus"], u["record_bonus"]) for u in sim_state.card_updates]
+    assert [x for x in sent if x[0] == "c-alice"] == [("c-alice", 6, "签到奖励"), ("c-alice", 6, "积分兑换"),
+                                                     ("c-alice", 6, "邀请奖励")]
+    assert [x for x in sent if x[0] == "c-bob"] == [("c-bob", 30, "消费积分")]
+    assert all("add_bonus" not in u for u in sim_state.card_updates)
     for m, code in ((a, "c-alice"), (b, "c-bob")):
         assert sim_state.card_bonus[code] == (await Member.get(id=m.id)).points
     await assert_ledger_consistent()
+
+
+# -- the absolute bonus (issue 10): retries are harmless, the next push repairs, reconcile ----
+
+
+async def activated(name: str, code: str, oa_wechat, *, points_before: int = 0) -> Member:
+    member = await new_member(name)
+    if points_before:
+        await award(member, points_before, f"k:{name}:pre")
+    start = await card.link(member_id=member.id, code=code, card_id="p-card")
+    await oa_wechat.membercard_activate(membership_number=str(member.id), code=code, card_id="p-card",
+                                        init_bonus=start)
+    return member
+
+
+async def test_a_retried_push_is_harmless_and_the_next_repairs_a_dead_one(db, oa_wechat, settings, sim_state):
+    holder = await activated("retry", "c-retry", oa_wechat)
+    await award(holder, 9, "k:r1")
+    [row] = await card_rows(holder)
+    # WeChat applied it but our answer was lost: the outbox sends the same push again.
+    await card.push(row, wechat=oa_wechat)
+    await card.push(row, wechat=oa_wechat)
+    assert sim_state.card_bonus["c-retry"] == 9
+
+    await outbox.deliver_due(wechat=oa_wechat, oa_wechat=oa_wechat, settings=settings, now=NOW)
+    await award(holder, 5, "k:r2")
+    sim_state.down = True
+    dead = await outbox.deliver_due(wechat=oa_wechat, oa_wechat=oa_wechat, now=NOW,
+                                    settings=settings.with_(outbox_max_attempts=1))
+    assert dead["dead"] == 1 and sim_state.card_bonus["c-retry"] == 9
+    sim_state.down = False
+    await award(holder, 3, "k:r3")
+    await drain_outbox(oa_wechat, settings, NOW)
+    assert sim_state.card_bonus["c-retry"] == (await Member.get(id=holder.id)).points == 17
+    await assert_ledger_consistent()
+
+
+async def test_reconcile_re_pushes_only_the_cards_that_differ(db, oa_wechat, sim_state):
+    wrong = await activated("wrong", "c-wrong", oa_wechat, points_before=40)
+    right = await activated("right", "c-right", oa_wechat, points_before=25)
+    lost = await new_member("lost", card_code="c-lost")  # linked, but WeChat never saw the card
+    sim_state.card_bonus["c-wrong"] = 7  # a push lost for good
+    assert (await oa_wechat.membercard_userinfo(code="c-right", card_id="p-card"))["bonus"] == 25
+
+    batches = [b async for b in card.reconcile(wechat=oa_wechat, batch=2)]
+    assert [seen for seen, _ in batches] == [2, 1]
+    changed = [item for _, items in batches for item in items]
+    assert changed[0] == {"member_id": wrong.id, "card": 7, "points": 40}
+    assert changed[1]["member_id"] == lost.id and "40056" in changed[1]["error"]
+    assert sim_state.card_bonus["c-wrong"] == 40 and sim_state.card_bonus["c-right"] == 25
+    assert [u["code"] for u in sim_state.card_updates] == ["c-wrong"]
+    assert sim_state.card_updates[-1]["record_bonus"] == card.RECONCILE_TEXT
+    assert [b async for b in card.reconcile(wechat=oa_wechat)][0][1] == [changed[1]]  # only the lost one
+    assert right.id not in {item["member_id"] for item in changed}
+
+
+async def test_card_reconcile_command(db, oa_wechat, settings, sim_state, migrated, redis_url, data_dir):
+    import os
+    import sys
+
+    from miniprogram_stub.simulator.wechat import SANDBOX_OA_APPID, SANDBOX_OA_SECRET
+    from tests.conftest import MP_SECRET
+
+    wrong = await activated("cli-wrong", "c-cli-1", oa_wechat, points_before=12)
+    await activated("cli-right", "c-cli-2", oa_wechat, points_before=3)
+    sim_state.card_bonus["c-cli-1"] = 0
+    env = {**os.environ, "DATABASE_URL": migrated, "REDIS_URL": redis_url, "DATA_DIR": str(data_dir),
+           "WECHAT_API_BASE": settings.wechat_api_base, "WECHAT_MP_APPID": MP_APPID,
+           "WECHAT_MP_SECRET": MP_SECRET, "WECHAT_OA_APPID": SANDBOX_OA_APPID,
+           "WECHAT_OA_SECRET": SANDBOX_OA_SECRET}
+    # The simulator answers on this test's event loop: the command runs beside it, not blocking it.
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "card", "reconcile", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    assert f"member {wrong.id}: card 0 -> 12" in out.decode()
+    assert "checked 2 cards: 1 re-pushed, 0 failed" in out.decode()
+    assert "card" in err.decode()  # the progress bar, on stderr
+    assert sim_state.card_bonus["c-cli-1"] == 12 and sim_state.card_bonus["c-cli-2"] == 3

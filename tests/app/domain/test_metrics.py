@@ -13,9 +13,11 @@ from tests.conftest import assert_ledger_consistent, shanghai
 
 pytestmark = pytest.mark.smoke
 
+NOW = shanghai(2026, 11, 22, 10, 0)
+
 
 async def test_every_figure_matches_the_hand_computed_fixture(world):
-    got = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS)
+    got = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
 
     new = {d["date"]: d["count"] for d in got["new_members"]}
     assert list(new) == [f"2026-11-0{d}" for d in range(1, 8)]
@@ -38,17 +40,17 @@ async def test_every_figure_matches_the_hand_computed_fixture(world):
 
 
 async def test_points_are_valued_at_the_given_fen_per_point(world):
-    got = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, fen_per_point=2)
+    got = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, fen_per_point=2, now=NOW)
     assert got["benefit"]["points_fen"] == 70
     assert got["benefit"]["cost_ratio"] == round(4070 / 16500, 4)
 
 
 async def test_one_day_range_and_an_empty_range(world):
-    got = await metrics.compute(first=date(2026, 11, 3), last=date(2026, 11, 3), tz=TZ, tier_keys=TIERS)
+    got = await metrics.compute(first=date(2026, 11, 3), last=date(2026, 11, 3), tz=TZ, tier_keys=TIERS, now=NOW)
     assert got["new_members"] == [{"date": "2026-11-03", "count": 2}]
     assert got["checkins"]["count"] == 2  # m1 and m3: m2 skipped the 3rd
     assert got["points"]["spent"] == 30
-    empty = await metrics.compute(first=date(2025, 1, 1), last=date(2025, 1, 31), tz=TZ, tier_keys=TIERS)
+    empty = await metrics.compute(first=date(2025, 1, 1), last=date(2025, 1, 31), tz=TZ, tier_keys=TIERS, now=NOW)
     assert empty["members"] == {"total": 0, "new": 0, "active": 0}
     assert empty["points"]["consumption_rate"] is None
     assert empty["orders"]["repurchase_rate"] is None

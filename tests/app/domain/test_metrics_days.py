@@ -143,8 +143,8 @@ async def test_writes_on_today_leave_the_stored_days_alone(world, db):
     await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
     versions = await _stored_days()
     await Checkin.create(member=world[1], day=date(2026, 11, 22))
-    await _pay(91, world[1], 100, datetime.now(timezone.utc))
-    await _member(78, datetime.now(timezone.utc))
+    await _pay(91, world[1], 100, NOW)  # NOW is on the 22nd: today
+    await _member(78, NOW)
     assert await _stored_days() == versions
 
 
@@ -176,7 +176,7 @@ async def test_a_build_waits_for_a_writer_that_started_before_the_day_was_stored
     """The writer inserted before the day's row existed (no trigger could see it): the build
     must not read before it commits, or the stored day would miss it for good."""
     async with _open_writer(world):
-        build = asyncio.create_task(metrics_days.build(TZ, DAYS, wait=30))
+        build = asyncio.create_task(metrics_days.build(TZ, DAYS, now=NOW, wait=30))
         await asyncio.sleep(0.3)
         assert not build.done()  # waiting for the writer
     assert await build == 7
@@ -188,7 +188,7 @@ async def test_a_build_waits_for_a_writer_that_started_before_the_day_was_stored
 @pytest.mark.postgres
 async def test_a_writer_outlasting_the_wait_leaves_the_days_unbuilt_and_the_call_computes_them(world):
     async with _open_writer(world):
-        assert await metrics_days.build(TZ, DAYS, wait=0.1) == 0
+        assert await metrics_days.build(TZ, DAYS, now=NOW, wait=0.1) == 0
         during = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
         assert during["checkins"]["count"] == 13  # the open make-up is not committed yet
         assert not any(version == built for version, built in (await _stored_days()).values())

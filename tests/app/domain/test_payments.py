@@ -84,7 +84,7 @@ async def test_concurrent_partial_refunds_take_exactly_what_was_given(db, redis)
 async def test_refund_of_spent_points_goes_negative_then_debt_is_repaid(db, redis):
     member = await new_member("o-neg")
     await pay(redis, "o-neg", 10_000, "t-neg")
-    await points.spend(member_id=member.id, amount=80, reason="redeem", key="redeem:test")
+    await points.spend(member_id=member.id, amount=80, reason="redeem", key="redeem:test", now=MONDAY)
     await refund("t-neg", "r-neg", 10_000)
     assert (await Member.get(id=member.id)).points == -80
     await assert_ledger_consistent()

@@ -32,11 +32,11 @@ async def test_spend_uses_oldest_lots_first(db):
     old = await points.award(member_id=m.id, amount=10, reason="a", key="a", now=NOW, expiry_months=12)
     new = await points.award(member_id=m.id, amount=10, reason="b", key="b",
                              now=NOW + timedelta(days=30), expiry_months=12)
-    await points.spend(member_id=m.id, amount=15, reason="redeem", key="s1")
+    await points.spend(member_id=m.id, amount=15, reason="redeem", key="s1", now=NOW)
     lots = {e.id: e.remaining for e in await LedgerEntry.filter(member_id=m.id, delta__gt=0)}
     assert lots == {old.entry.id: 0, new.entry.id: 5}
     with pytest.raises(InsufficientPoints):
-        await points.spend(member_id=m.id, amount=6, reason="redeem", key="s2")
+        await points.spend(member_id=m.id, amount=6, reason="redeem", key="s2", now=NOW)
     assert not await LedgerEntry.filter(idempotency_key="s2").exists()
     await assert_ledger_consistent()
 
@@ -44,12 +44,12 @@ async def test_spend_uses_oldest_lots_first(db):
 async def test_negative_balance_is_paid_back_first(db):
     m = await new_member()
     await points.award(member_id=m.id, amount=100, reason="pay", key="pay:1", now=NOW, expiry_months=12)
-    await points.spend(member_id=m.id, amount=80, reason="redeem", key="r1")
+    await points.spend(member_id=m.id, amount=80, reason="redeem", key="r1", now=NOW)
     from tortoise.transactions import in_transaction
 
     async with in_transaction() as conn:
         posting = await points.debit(conn=conn, member_id=m.id, amount=100, reason="refund",
-                                     key="refund:1", allow_negative=True)
+                                     key="refund:1", now=NOW, allow_negative=True)
     assert posting.balance == -80
     await assert_ledger_consistent()
     earn = await points.award(member_id=m.id, amount=50, reason="task", key="t", now=NOW, expiry_months=12)
@@ -84,7 +84,7 @@ async def test_fifty_concurrent_spends_never_overdraw(db):
 
     async def one(i):
         try:
-            await points.spend(member_id=m.id, amount=7, reason="redeem", key=f"spend:{i}")
+            await points.spend(member_id=m.id, amount=7, reason="redeem", key=f"spend:{i}", now=NOW)
             return True
         except InsufficientPoints:
             return False
@@ -130,7 +130,7 @@ async def test_invariant_after_random_sequences(db, ops):
             expected += amount
         elif kind == "spend":
             try:
-                await points.spend(member_id=m.id, amount=amount, reason="s", key=key)
+                await points.spend(member_id=m.id, amount=amount, reason="s", key=key, now=NOW)
                 expected -= amount
             except InsufficientPoints:
                 assert expected < amount
@@ -138,7 +138,7 @@ async def test_invariant_after_random_sequences(db, ops):
         elif kind == "refund":
             async with in_transaction() as conn:
                 await points.debit(conn=conn, member_id=m.id, amount=amount, reason="refund",
-                                   key=key, allow_negative=True)
+                                   key=key, now=NOW, allow_negative=True)
             expected -= amount
         elif keys:
             # A retry of an earlier cause changes nothing.

@@ -111,7 +111,7 @@ async def _seed() -> None:
             posting = await points.award(member_id=a.id, amount=delta, reason=reason, key=key, now=at,
                                          expiry_months=12)
         else:
-            posting = await points.spend(member_id=a.id, amount=-delta, reason=reason, key=key)
+            posting = await points.spend(member_id=a.id, amount=-delta, reason=reason, key=key, now=at)
         await LedgerEntry.filter(id=posting.entry.id).update(created_at=at)
     await Referral.create(inviter=a, invitee=b, created_at=shanghai(2026, 11, 1, 20, 0),
                           paid_at=shanghai(2026, 11, 2, 9, 0))
@@ -185,4 +185,19 @@ async def test_a_wrong_token_sends_the_operator_back_to_the_form(client, chromiu
             await tools.until("document.getElementById('error').textContent === 'token refused'")
             assert await tools.js("sessionStorage.getItem('members-admin-token')") is None
             assert not await tools.js("document.getElementById('login').classList.contains('hidden')")
+            tools.reader.cancel()
+
+
+async def test_the_link_make_run_prints_signs_the_operator_in(client, chromium):
+    """`make run` prints /admin/#token=…: the page keeps the token and drops it from the address."""
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"http://127.0.0.1:{chromium}/json/new?about:blank") as resp:
+            target = await resp.json()
+        async with http.ws_connect(target["webSocketDebuggerUrl"]) as ws:
+            tools = DevTools(ws)
+            await tools.call("Page.navigate", url=str(client.make_url("/admin/")) + f"#token={ADMIN_TOKEN}")
+            await tools.until("document.readyState === 'complete' && document.body.dataset.ready === '1'")
+            assert await tools.js("sessionStorage.getItem('members-admin-token')") == ADMIN_TOKEN
+            assert await tools.js("location.hash") == ""
+            assert await tools.js("document.getElementById('login').classList.contains('hidden')")
             tools.reader.cancel()

@@ -1,7 +1,6 @@
 """POST /wechat/pay/notify (APIv3) and the v2 XML forms, signed as WeChat signs them."""
 import asyncio
 import json
-import time
 import uuid
 
 import pytest
@@ -75,7 +74,9 @@ async def test_twenty_identical_notifications_award_once(client, login, clock):
     now = int(clock.now().timestamp())
     tid = "4200000000000000000000000001"
     # Each delivery is signed afresh (own nonce), as WeChat's retries are.
-    sends = [signed_payment(openid="o-dup", fen=50_000, transaction_id=tid, timestamp=now) for _ in range(20)]
+    # paid on a Monday: no member day, whatever day the suite runs
+    sends = [signed_payment(openid="o-dup", fen=50_000, transaction_id=tid, timestamp=now,
+                            success_time="2026-11-23T10:00:00+08:00") for _ in range(20)]
     responses = await asyncio.gather(*(post_signed(client, h, b) for h, b, _ in sends))
     assert [r.status for r in responses] == [204] * 20
     assert await Payment.filter(transaction_id=tid).count() == 1
@@ -265,6 +266,7 @@ async def test_huge_body_refused(client):
 async def test_rotated_keys_both_accepted(aiohttp_client, settings, redis_url, tmp_path, clock):
     from cryptography.hazmat.primitives import serialization
 
+    from app import keys
     from app.main import create_app
     from tests.conftest import reset_state
 
@@ -276,7 +278,7 @@ async def test_rotated_keys_both_accepted(aiohttp_client, settings, redis_url, t
                              pay_public_key_path=f"{sim.PLATFORM_PUBLIC_KEY_PATH},{pem}")
     app_client = await aiohttp_client(create_app(rotated))
     await reset_state(redis_url)
-    now = int(time.time())
+    now = int(app_client.app[keys.clock_key].now().timestamp())
     old = signed_payment(openid="o-rot", fen=100, timestamp=now)
     new = signed_payment(openid="o-rot", fen=100, timestamp=now, private_key=new_key, serial="PUB_KEY_ID_NEW")
     crossed = signed_payment(openid="o-rot", fen=100, timestamp=now, private_key=new_key)
@@ -301,9 +303,10 @@ async def test_not_configured_is_503(aiohttp_client, settings, redis_url):
 
 # -- v2 -------------------------------------------------------------------------------------------
 
-def v2_payment(openid: str, fen: int, transaction_id: str, sign_type: str = "MD5", key: str = sim.SANDBOX_V2_KEY):
+def v2_payment(openid: str, fen: int, transaction_id: str, sign_type: str = "MD5", key: str = sim.SANDBOX_V2_KEY,
+               time_end: str = "20261123100000"):  # a Monday: no member day, whatever day the suite runs
     params = sim.v2_payment_params(appid=MP_APPID, openid=openid, transaction_id=transaction_id,
-                                   out_trade_no=f"o-{transaction_id}", total_fee=fen)
+                                   out_trade_no=f"o-{transaction_id}", total_fee=fen, time_end=time_end)
     return sim.build_v2_payment_xml(params, key=key, sign_type=sign_type)
 
 
@@ -380,7 +383,7 @@ async def test_redemption_order_completed_by_its_payment(client, login, clock):
     await Redemption.create(reward=reward, member_id=member.id, points=100, cash_fen=990, status="pending",
                             out_trade_no="rd0123456789abcdef")
     resource = sim.transaction_resource(openid="o-mall", transaction_id="4200mall1", out_trade_no="rd0123456789abcdef",
-                                        total_fen=990, appid=MP_APPID)
+                                        total_fen=990, appid=MP_APPID, success_time="2026-11-23T10:00:00+08:00")
     for _ in range(2):
         headers, body = sim.build_v3_notification(event_type="TRANSACTION.SUCCESS", resource=resource,
                                                   timestamp=int(clock.now().timestamp()))
