@@ -162,7 +162,7 @@ async def _hold(m, amount: int) -> None:
     from tortoise.transactions import in_transaction
 
     async with in_transaction() as conn:
-        await points.debit(conn=conn, member_id=m.id, amount=amount, reason="redeem", key="hold", keep_lots=True)
+        await points.debit(conn=conn, member_id=m.id, amount=amount, reason="redeem", key="hold", now=NOW, keep_lots=True)
 
 
 async def test_restore_gives_back_into_the_same_lots_once_and_pays_a_debt_first(db):
@@ -173,7 +173,7 @@ async def test_restore_gives_back_into_the_same_lots_once_and_pays_a_debt_first(
     new = await points.award(member_id=m.id, amount=10, reason="b", key="b", now=NOW + timedelta(days=30),
                              expiry_months=12)
     await _hold(m, 15)
-    await points.spend(member_id=m.id, amount=20, reason="refund", key="debt", allow_negative=True)
+    await points.spend(member_id=m.id, amount=20, reason="refund", key="debt", now=NOW, allow_negative=True)
     assert (await Member.get(id=m.id)).points == -15
     posting = await _restore(m, "hold", 15, "release:1", NOW + timedelta(days=40))
     assert posting.balance == 0  # the debt took the whole return: no lot gains anything
@@ -194,7 +194,7 @@ async def test_restore_with_an_expired_lot_and_a_debt_keeps_the_invariant(db):
     await points.award(member_id=m.id, amount=10, reason="b", key="b", now=NOW + timedelta(days=300),
                        expiry_months=12)
     await _hold(m, 15)
-    await points.spend(member_id=m.id, amount=8, reason="refund", key="debt", allow_negative=True)
+    await points.spend(member_id=m.id, amount=8, reason="refund", key="debt", now=NOW, allow_negative=True)
     assert (await Member.get(id=m.id)).points == -3
     # A year on, lot "a" (10 of the hold) has lapsed; lot "b" (5 of it) still runs.
     posting = await _restore(m, "hold", 15, "release:x", NOW + timedelta(days=366))
