@@ -54,6 +54,10 @@ class Settings:
     # The outbox worker: sends per second (WeChat's limits are per appid), attempts before dead.
     outbox_rate: float = 20.0
     outbox_max_attempts: int = 8
+    # Seconds any one Redis command, and any one SQL statement, may take before the request
+    # answers 503 `unavailable`: a black-holed dependency must not hang requests.
+    redis_timeout: float = 1.0
+    db_statement_timeout: float = 2.0
 
     @property
     def sandbox(self) -> bool:
@@ -118,4 +122,6 @@ class Settings:
             scheduler_in_serve=(get("SCHEDULER_IN_SERVE") or "0") in ("1", "true", "yes"),
             outbox_rate=float(get("OUTBOX_RATE") or defaults.outbox_rate),
             outbox_max_attempts=int(get("OUTBOX_MAX_ATTEMPTS") or defaults.outbox_max_attempts),
+            redis_timeout=float(get("REDIS_TIMEOUT") or defaults.redis_timeout),
+            db_statement_timeout=float(get("DB_STATEMENT_TIMEOUT") or defaults.db_statement_timeout),
         )

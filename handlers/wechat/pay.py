@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from app import keys
+from app.errors import dependency_failed
 from app.domain import payments, rewards, rules
 from app.wechat.pay import (
     PayNotifyError, PayV3Verifier, decrypt_v2_refund, parse_v2_xml, v2_reply, verify_v2,
@@ -58,7 +59,13 @@ async def notify(request: web.Request) -> web.StreamResponse:
         return _fail(400 if exc.reason == "malformed" else 401, exc.reason)
     redis = request.app[keys.redis_key]
     # Only after the signature checked out, so forged requests cannot burn nonces.
-    if not await redis.set(_nonce_key(note.nonce), "1", nx=True, ex=NONCE_TTL):
+    try:
+        fresh = await redis.set(_nonce_key(note.nonce), "1", nx=True, ex=NONCE_TTL)
+    except Exception as exc:
+        if not dependency_failed(exc):
+            raise
+        return _unavailable(exc)
+    if not fresh:
         log.warning("pay notify refused: replayed_nonce")
         return _fail(401, "replayed_nonce")
     try:
@@ -69,11 +76,25 @@ async def notify(request: web.Request) -> web.StreamResponse:
         await redis.delete(_nonce_key(note.nonce))  # the same delivery may come again
         log.info("pay notify: %s", exc.message)
         return _fail(500, "payment not yet recorded")
-    except Exception:
+    except Exception as exc:
+        # The transaction rolled back: forget the nonce so WeChat's retry is not a "replay".
+        try:
+            await redis.delete(_nonce_key(note.nonce))
+        except Exception as lost:  # Redis went away too; the nonce lapses after NONCE_TTL
+            log.warning("pay notify nonce not released: %s", type(lost).__name__)
+        if dependency_failed(exc):
+            return _unavailable(exc)
         log.exception("pay notify failed")
-        await redis.delete(_nonce_key(note.nonce))
         return _fail(500, "internal error; retry")
     return web.Response(status=204)
+
+
+def _unavailable(exc: BaseException) -> web.Response:
+    """PostgreSQL or Redis is down or too slow: nothing was recorded; WeChat retries a 503."""
+    log.warning("pay notify deferred: %s: %s", type(exc).__name__, exc)
+    response = _fail(503, "unavailable; retry")
+    response.headers["Retry-After"] = "2"
+    return response
 
 
 async def _apply(request: web.Request, event_type: str, resource: dict[str, Any]) -> None:
@@ -184,7 +205,12 @@ async def _v2_run(call) -> web.Response:
         return _xml(False, f"malformed: {exc}", 400)
     except payments.PaymentNotRecorded:
         return _xml(False, "payment not yet recorded", 500)
-    except Exception:
+    except Exception as exc:
+        if dependency_failed(exc):
+            log.warning("v2 pay notify deferred: %s: %s", type(exc).__name__, exc)
+            response = _xml(False, "unavailable; retry", 503)
+            response.headers["Retry-After"] = "2"
+            return response
         log.exception("v2 pay notify failed")
         return _xml(False, "internal error; retry", 500)
     return _xml(True, "OK", 200)
