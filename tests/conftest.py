@@ -29,7 +29,7 @@ MP_SECRET = "test-mp-secret"
 _TABLES = [
     "audit_log", "blacklist", "checkin", "coupon", "ledger_entry", "member_score", "outbox_message",
     "redemption", "refund", "payment", "referral", "reward", "coupon_template", "subscription_quota",
-    "tier_change", "member", "metrics_day",
+    "tier_change", "member", "metrics_day", "metrics_day_stale",
 ]
 
 
