@@ -166,7 +166,7 @@ async def test_checkin_whose_transaction_fails_releases_its_cap(client, login, r
     resp = await m.post("/mp/checkin")
     assert resp.status == 503 and resp.headers["Retry-After"]
     await _assert_envelope(resp)
-    assert [await redis.get(k) async for k in redis.scan_iter("cap:*:*")] in ([], ["0"])
+    assert [await redis.hget(k, "v") async for k in redis.scan_iter("cap:*:*")] in ([], ["0"])
     assert await Checkin.all().count() == 0
     monkeypatch.undo()
     resp = await m.post("/mp/checkin")
