@@ -37,13 +37,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "smoke: also runs in the smoke pass on the embedded defaults")
     config.addinivalue_line("markers", "postgres: needs PostgreSQL itself (deselected, not skipped, on SQLite)")
     config.addinivalue_line("markers", "sqlite: SQLite's own behaviour (deselected, not skipped, on PostgreSQL)")
+    config.addinivalue_line("markers", "faults: the fault suite (private servers killed and restarted); "
+                            "PostgreSQL pass only (deselected, not skipped, on SQLite)")
 
 
 def pytest_collection_modifyitems(config, items):
     other = "sqlite" if (os.environ.get("DATABASE_URL") or "").startswith("postgres") else "postgres"
     kept, dropped = [], []
+    postgres = other == "sqlite"
     for item in items:
-        (dropped if item.get_closest_marker(other) else kept).append(item)
+        faults_elsewhere = item.get_closest_marker("faults") and not postgres
+        (dropped if item.get_closest_marker(other) or faults_elsewhere else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
