@@ -4,7 +4,8 @@ WeChat gives a push 5 seconds, then retries it (3 tries in all, same MsgId or sa
 FromUserName+CreateTime). So: the signature first, then a Redis SET NX on the push's dedup key
 so a retry never runs a handler twice, and a handler still busy after `oa_reply_timeout`
 (4 s) answers `success` now and its reply later as a customer-service message.
-Never a 500 to WeChat: a failure is logged and answered `success`.
+Never a 500 to WeChat: a failure is logged and answered `success`; only PostgreSQL or Redis
+being down is a 503 (nothing was done, the dedup key is released), so WeChat pushes it again.
 """
 from __future__ import annotations
 

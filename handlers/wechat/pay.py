@@ -3,11 +3,13 @@
 APIv3 answers: 204 when recorded (or a repeat, or an event we do not act on); 401
 `{"code": "FAIL", "message"}` for a failed check, nothing stored; 400 for a signed body that
 is not the shape WeChat sends; 413 over 64 KiB; 500 for a retryable failure (a refund before
-its payment: WeChat retries any non-2xx); 503 `pay_not_configured`.
+its payment: WeChat retries any non-2xx); 503 `pay_not_configured`; 503 with Retry-After when
+PostgreSQL or Redis is down or too slow (nothing recorded, the nonce released for the retry).
 
 v2 answers are WeChat's `<xml><return_code>` replies: SUCCESS with HTTP 200; FAIL with HTTP 400
 for a bad sign or malformed XML (nothing stored; WeChat only reads return_code, the status is for
-our own logs and monitors), 500 for a retryable failure, 503 when not configured.
+our own logs and monitors), 500 for a retryable failure, 503 when not configured or when
+PostgreSQL or Redis is down.
 """
 from __future__ import annotations
 

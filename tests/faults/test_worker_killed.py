@@ -105,6 +105,7 @@ async def test_a_worker_killed_mid_traffic(served, migrated):
     assert killed and len(_children(pid)) == 1  # one worker left, serving alone
     assert not book.gave_up, sorted(book.gave_up)[:5]
     summary = await traffic.check_against_ledger(book)
+    assert summary["applied"] == summary["requests"]  # every request retried to an answer: once each
     print("worker SIGKILL:", summary, dict(book.statuses))
     verify = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app", "ledger", "verify", "--quiet", cwd=ROOT,

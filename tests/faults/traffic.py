@@ -122,5 +122,6 @@ async def check_against_ledger(book: Book) -> dict:
     for member_id, points in await Member.all().values_list("id", "points"):
         assert points == totals.get(member_id, 0), (member_id, points, totals.get(member_id))
     await assert_ledger_consistent()
-    return {"requests": len(book.sent), "promised": len(book.promised), "faults_seen": book.faults_seen,
+    return {"requests": len(book.sent), "promised": len(book.promised), "applied": len(by_key),
+            "faults_seen": book.faults_seen,
             "gave_up": len(book.gave_up), "doubled": 0, "lost": 0}
