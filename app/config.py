@@ -63,6 +63,10 @@ class Settings:
     wecom_token: str | None = None
     wecom_aes_key: str | None = None
     wecom_api_base: str = "https://qyapi.weixin.qq.com"
+    # Seconds any one Redis command, and any one SQL statement, may take before the request
+    # answers 503 `unavailable`: a black-holed dependency must not hang requests.
+    redis_timeout: float = 1.0
+    db_statement_timeout: float = 2.0
 
     @property
     def sandbox(self) -> bool:
@@ -145,4 +149,6 @@ class Settings:
             wecom_token=get("WECOM_TOKEN"),
             wecom_aes_key=get("WECOM_AES_KEY"),
             wecom_api_base=(get("WECOM_API_BASE") or defaults.wecom_api_base).rstrip("/"),
+            redis_timeout=float(get("REDIS_TIMEOUT") or defaults.redis_timeout),
+            db_statement_timeout=float(get("DB_STATEMENT_TIMEOUT") or defaults.db_statement_timeout),
         )

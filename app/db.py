@@ -24,9 +24,27 @@ def with_pool(database_url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def tortoise_config(database_url: str) -> dict:
+def connection(database_url: str, statement_timeout: float | None = None) -> str | dict:
+    """Tortoise's connection config. With `statement_timeout` (seconds, PostgreSQL only) every
+    statement is cancelled by the server past it, and the client gives up on connecting or on
+    an answer shortly after (a black-holed server), so a request fails fast, never hangs."""
+    url = with_pool(database_url)
+    if not statement_timeout or not url.startswith(("postgres://", "asyncpg://")):
+        return url
+    from tortoise.backends.base.config_generator import expand_db_url
+
+    config = expand_db_url(url)
+    credentials = config["credentials"]
+    settings = dict(credentials.get("server_settings") or {})
+    settings["statement_timeout"] = str(int(statement_timeout * 1000))
+    credentials.update(server_settings=settings, timeout=statement_timeout,
+                       command_timeout=statement_timeout + 1)
+    return config
+
+
+def tortoise_config(database_url: str, statement_timeout: float | None = None) -> dict:
     return {
-        "connections": {"default": with_pool(database_url)},
+        "connections": {"default": connection(database_url, statement_timeout)},
         "apps": {
             "models": {
                 "models": ["app.models"],
@@ -40,13 +58,13 @@ def tortoise_config(database_url: str) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def orm(database_url: str) -> AsyncIterator[None]:
+async def orm(database_url: str, statement_timeout: float | None = None) -> AsyncIterator[None]:
     """Tortoise on `database_url` for the length of the block, its pools closed after.
 
     Tortoise keeps its connections per context, and a block may end in another context than
     it began (aiohttp's cleanup under pytest-aiohttp, async fixtures): the pools opened here
     are closed by hand, or each one would keep up to its maxsize PostgreSQL connections open."""
-    await Tortoise.init(config=tortoise_config(database_url))
+    await Tortoise.init(config=tortoise_config(database_url, statement_timeout))
     opened = connections.all()
     try:
         yield

@@ -61,3 +61,28 @@ class Unavailable(DomainError):
 
 class InsufficientPoints(Conflict):
     code = "insufficient_points"
+
+
+def dependency_failed(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is PostgreSQL or Redis being unreachable, dropping the
+    connection, restarting or too slow: a 503 worth retrying, not a bug. Integrity errors and
+    bad SQL are not."""
+    import asyncpg
+    from redis import exceptions as redis_errors
+    from tortoise.exceptions import DBConnectionError, IntegrityError
+
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, IntegrityError):
+            return False
+        if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError,
+                            DBConnectionError, TimeoutError, OSError,
+                            asyncpg.PostgresConnectionError, asyncpg.QueryCanceledError,
+                            asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
+                            asyncpg.TooManyConnectionsError, asyncpg.ConnectionDoesNotExistError)):
+            return True
+        if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
+            return True  # "connection is closed", "pool is closed": the link went away
+        nxt = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        exc, seen = nxt, seen + 1
+    return False

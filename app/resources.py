@@ -8,6 +8,9 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import db, keys
 from app.domain import rules
@@ -19,7 +22,7 @@ async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.settings_key]
     if settings.database_url.startswith("sqlite://"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with db.orm(settings.database_url):
+    async with db.orm(settings.database_url, statement_timeout=settings.db_statement_timeout):
         rules.forget()
         yield
 
@@ -34,6 +37,15 @@ async def start_embedded_redis(data_dir) -> tuple[object, str]:
     return server, f"unix://{server.socket_file}"
 
 
+def redis_client(url: str, *, timeout: float) -> Redis:
+    """A Redis client whose every command (and connect) gives up after `timeout` seconds. A
+    dropped connection (Redis restarted) is retried once at once; a timeout is not retried, so a
+    black-holed Redis costs a request about `timeout`, never more than twice that."""
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    return Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_timeout=timeout,
+                          socket_connect_timeout=timeout, retry=retry)
+
+
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.settings_key]
     embedded = None
@@ -41,7 +53,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if not url:
         embedded, url = await start_embedded_redis(settings.data_dir)
         log.info("embedded redis started", extra={"fields": {"redis": url}})
-    client = Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    client = redis_client(url, timeout=settings.redis_timeout)
     app[keys.redis_key] = client
     yield
     await client.aclose()

@@ -213,3 +213,92 @@ async def load(requests: Iterable[Request], concurrency: int, *, seconds: float 
         p99=latencies[min(n - 1, int(n * 0.99))] * 1000 if latencies else 0.0,
         mean=statistics.fmean(latencies) * 1000 if latencies else 0.0,
     )
+
+
+class Forwarder:
+    """A TCP proxy on loopback in front of a dependency (PostgreSQL, Redis) that a test or bench
+    controls: `cut()` drops every connection and refuses new ones, `freeze()` keeps them open but
+    passes nothing (a black hole), `restore()` forwards again, on the same port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target, self.server, self.port = (host, port), None, 0
+        self.pipes: set = set()
+        self.frozen = False
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.port
+
+    def url(self, url: str) -> str:
+        """`url` (postgres://user@host:port/db, redis://host:port/n) pointed at this proxy."""
+        parts = urlsplit(url)
+        user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}"))
+
+    async def _serve(self, reader, writer):
+        if self.frozen:  # accept, never answer
+            self.pipes.add(writer)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.pipes.update({writer, up_writer})
+
+        async def pump(src, dst):
+            try:
+                while data := await src.read(65536):
+                    while self.frozen:
+                        await asyncio.sleep(0.05)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def _drop(self) -> None:
+        for w in list(self.pipes):
+            w.close()
+        self.pipes.clear()
+
+    async def cut(self) -> None:
+        self.server.close()
+        self._drop()
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    async def restore(self) -> None:
+        """Forward again: frozen connections are dropped (their clients gave up), a cut listener
+        is opened again on the same port."""
+        if self.frozen:
+            self.frozen = False
+            self._drop()
+        if not self.server.is_serving():
+            await self.start()
+
+    async def close(self) -> None:
+        self.server.close()
+        self._drop()
+
+
+@contextlib.asynccontextmanager
+async def black_hole() -> AsyncIterator[int]:
+    """A loopback port that accepts connections and never answers; yields the port."""
+    held: list = []
+
+    async def hold(reader, writer):
+        held.append(writer)
+
+    listener = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        for w in held:
+            w.close()

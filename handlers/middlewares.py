@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from app import keys, metrics
-from app.errors import DomainError
+from app.errors import DomainError, dependency_failed
 from app.logs import request_id
 
 log = logging.getLogger("app.http")
@@ -84,6 +84,12 @@ async def observe(request: web.Request, handler):
 
 
 _ENVELOPED = ("/mp", "/admin")
+# What a 503 for a dependency that is down asks the client (and WeChat) to wait, in seconds.
+RETRY_AFTER = "2"
+
+
+def unavailable_headers() -> dict[str, str]:
+    return {"Retry-After": RETRY_AFTER}
 
 
 @web.middleware
@@ -106,7 +112,16 @@ async def errors(request: web.Request, handler):
         code = _STATUS_CODES.get(exc.status, "error")
         message = exc.reason if exc.status != 413 else "request body too large"
         return envelope(exc.status, code, message)
-    except Exception:
+    except Exception as exc:
+        if dependency_failed(exc):
+            # PostgreSQL or Redis is down or too slow: say so and when to retry; the request's
+            # transaction rolled back, so nothing of it stays behind.
+            log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
+            if not enveloped:
+                raise web.HTTPServiceUnavailable(text="temporarily unavailable; retry",
+                                                 headers=unavailable_headers()) from None
+            return envelope(503, "unavailable", "a service we depend on is unavailable; try again shortly",
+                            unavailable_headers())
         log.exception("unhandled error")
         if not enveloped:
             raise

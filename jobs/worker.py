@@ -30,6 +30,8 @@ log = logging.getLogger("jobs.worker")
 # A run keeps its lock alive while it works; a crashed worker's lock lapses after this.
 LOCK_TIMEOUT = 300
 SUMMARY = ("seen", "sent", "skipped", "failed")
+# Jobs scan and aggregate in bulk: a statement may take longer than a request's DB_STATEMENT_TIMEOUT.
+JOB_STATEMENT_TIMEOUT = 600.0
 
 
 class FutureDay(ValueError):
@@ -52,7 +54,8 @@ class UnknownJob(LookupError):
 def resources_app(settings: Settings, clock: Clock | None = None) -> web.Application:
     """An Application with only the resource contexts, in the same order as create_app."""
     app = web.Application()
-    app[keys.settings_key] = settings
+    app[keys.settings_key] = settings.with_(
+        db_statement_timeout=max(settings.db_statement_timeout, JOB_STATEMENT_TIMEOUT))
     app[keys.clock_key] = clock or Clock()
     for ctx in (resources.orm_ctx, resources.redis_ctx, resources.http_ctx,
                 resources.wechat_ctx, resources.pay_ctx, resources.wecom_ctx, resources.background_ctx):

@@ -29,7 +29,7 @@ MP_SECRET = "test-mp-secret"
 _TABLES = [
     "audit_log", "blacklist", "checkin", "coupon", "lot_use", "ledger_entry", "member_score", "outbox_message",
     "redemption", "refund", "payment", "referral", "reward", "coupon_template", "subscription_quota",
-    "tier_change", "member", "metrics_day",
+    "tier_change", "member", "metrics_day", "metrics_day_stale",
     "wecom_broadcast_send", "wecom_broadcast", "wecom_contact", "wecom_steward", "wecom_tag",
 ]
 
@@ -38,13 +38,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "smoke: also runs in the smoke pass on the embedded defaults")
     config.addinivalue_line("markers", "postgres: needs PostgreSQL itself (deselected, not skipped, on SQLite)")
     config.addinivalue_line("markers", "sqlite: SQLite's own behaviour (deselected, not skipped, on PostgreSQL)")
+    config.addinivalue_line("markers", "faults: the fault suite (private servers killed and restarted); "
+                            "PostgreSQL pass only (deselected, not skipped, on SQLite)")
 
 
 def pytest_collection_modifyitems(config, items):
     other = "sqlite" if (os.environ.get("DATABASE_URL") or "").startswith("postgres") else "postgres"
     kept, dropped = [], []
+    postgres = other == "sqlite"
     for item in items:
-        (dropped if item.get_closest_marker(other) else kept).append(item)
+        faults_elsewhere = item.get_closest_marker("faults") and not postgres
+        (dropped if item.get_closest_marker(other) or faults_elsewhere else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

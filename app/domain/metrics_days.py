@@ -7,17 +7,19 @@ streak distribution is computed from the check-in bitmaps of consecutive days. S
 issued / spent / expired / taken back, orders, spend, new members) are kept per day as they are.
 
 A day is built from the source tables (one SQL aggregate each) and stored once it has ended
-(GRACE after midnight). It stays exact afterwards because PostgreSQL triggers (migration
-0006) bump the `version` of every built day that a later write lands on (a make-up check-in,
-a late payment notification, a payment credited at first login, a re-dated row), and a day
-is only read while `built_version == version`; otherwise it is built again. Days not built
-yet, today, and everything on SQLite (no triggers there) are computed from the source tables
-on each call.
+(GRACE after midnight). It stays exact afterwards because PostgreSQL triggers (migrations
+0006 and 0011) append a `metrics_day_stale` row for every built day that a later write lands
+on (a make-up check-in, a late payment notification, a payment credited at first login, a
+re-dated row), and a day is only read while it has none; otherwise it is built again. Days not
+built yet, today, and everything on SQLite (no triggers there) are computed from the source
+tables on each call.
 
-Building a day is race-free: its row is committed first, then the build waits until every
-transaction that was writing when the row appeared has ended (those could not see it, so
-could not bump it), then takes the row's lock and reads the sources in the same transaction;
-a write landing meanwhile waits for the lock and bumps the version after it.
+Building a day is race-free and never makes a money write wait: its row is committed first,
+then the build waits until every transaction that was writing when the row appeared has ended
+(those could not see it, so could not mark it), then in one transaction locks the row (against
+other builds only: writers never lock it), deletes the stale marks it can see, and only then
+reads the sources. A write committed before the delete is in what it reads; one committed
+after leaves its mark, and the day is built again.
 """
 from __future__ import annotations
 
@@ -34,7 +36,10 @@ from tortoise.transactions import in_transaction
 from app.domain.clock import day_start
 
 GRACE = timedelta(minutes=5)  # a day is stored this long after it ended
-BATCH_DAYS = 7  # days built (and locked) per transaction
+BATCH_DAYS = 7  # days built (and locked against other builds) per transaction
+# A stored day is current while built and not marked stale by a later write.
+CURRENT = ("built_version = version AND NOT EXISTS"
+           " (SELECT 1 FROM metrics_day_stale s WHERE s.day_id = metrics_day.id)")
 CHUNK_DAYS = 31  # days read at a time
 # Seconds a build waits for older writers to end: a call computes the day itself meanwhile,
 # the job (which has time) waits longer.
@@ -227,7 +232,7 @@ async def _load(tz: ZoneInfo, days: list[date]) -> dict[date, DayFigures]:
         return {}
     rows = await connections.get("default").execute_query_dict(
         f"SELECT day, {', '.join(DayFigures.SETS + DayFigures.SUMS)} FROM metrics_day"
-        " WHERE tz = $1 AND day = ANY($2::date[]) AND built_version = version", [tz.key, days])
+        f" WHERE tz = $1 AND day = ANY($2::date[]) AND {CURRENT}", [tz.key, days])
     loaded = {}
     for row in rows:
         figures = DayFigures(row["day"], **{name: int(row[name]) for name in DayFigures.SUMS})
@@ -275,9 +280,13 @@ async def build(tz: ZoneInfo, days: list[date], *, now: datetime, wait: float = 
         async with in_transaction() as tx:
             await tx.execute_script(PG_SETTINGS)
             rows = await tx.execute_query_dict(
-                "SELECT day FROM metrics_day WHERE tz = $1 AND day = ANY($2::date[])"
-                " AND built_version <> version ORDER BY day FOR UPDATE", [tz.key, batch])
+                "SELECT id, day FROM metrics_day WHERE tz = $1 AND day = ANY($2::date[])"
+                f" AND NOT ({CURRENT}) ORDER BY day FOR UPDATE", [tz.key, batch])
             todo = [row["day"] for row in rows]
+            # Before reading the sources: a mark this statement cannot see stays, and its day
+            # is built again (module docstring).
+            await tx.execute_query("DELETE FROM metrics_day_stale WHERE day_id = ANY($1::bigint[])",
+                                   [[row["id"] for row in rows]])
             fresh = await compute_days(RangeSql(tz, tx), todo)
             for figures in fresh.values():
                 await tx.execute_query(
@@ -298,7 +307,7 @@ def storable(day: date, tz: ZoneInfo, now: datetime) -> bool:
 
 async def _current(tz: ZoneInfo, days: list[date]) -> set[date]:
     rows = await connections.get("default").execute_query_dict(
-        "SELECT day FROM metrics_day WHERE tz = $1 AND day = ANY($2::date[]) AND built_version = version",
+        f"SELECT day FROM metrics_day WHERE tz = $1 AND day = ANY($2::date[]) AND {CURRENT}",
         [tz.key, days])
     return {row["day"] for row in rows}
 

@@ -25,6 +25,7 @@ from tortoise.functions import Count, Min
 from tortoise.transactions import in_transaction
 
 from app.domain import messages
+from app.errors import dependency_failed
 from app.models import Member, OutboxMessage
 from app.wechat.client import WeChatError, WeChatUnavailable
 
@@ -184,6 +185,10 @@ async def _deliver(message: OutboxMessage, *, lease: datetime, wechat: Any, oa_w
         await mine.update(status=DEAD, attempts=attempts, last_error=str(exc)[:255], next_attempt_at=None)
         return "dead"
     except Exception as exc:  # a bug in one message must not stop the others
+        if dependency_failed(exc):
+            # PostgreSQL or Redis is down: not the message's fault, so no attempt is spent; its
+            # lease lapses and the next round takes it again.
+            raise
         log.exception("outbox message failed", extra={"fields": {"id": message.id}})
         return await _retry(mine, message=message, attempts=attempts, error=f"{type(exc).__name__}: {exc}",
                             now=now, max_attempts=max_attempts)

@@ -6,9 +6,10 @@ class MetricsDay(Model):
     """One business day's figures, pre-aggregated for GET /admin/metrics (app/domain/metrics_days.py).
 
     Member sets are bitmaps (bit i = member i, little-endian bytes), so distinct counts over
-    any range are ORs and popcounts. A row is current while built_version == version: on
-    PostgreSQL, triggers on ledger_entry, checkin, payment and member bump `version` of the
-    days a late write lands on (migration 0005), so it is rebuilt before it is read again.
+    any range are ORs and popcounts. A row is current while built_version == version and no
+    `metrics_day_stale` row names it: on PostgreSQL, triggers on ledger_entry, checkin, payment
+    and member append one for the days a late write lands on (migrations 0006, 0011), taking no
+    lock a build holds, so the day is rebuilt before it is read again.
     """
 
     id = fields.BigIntField(primary_key=True)

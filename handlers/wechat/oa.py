@@ -9,17 +9,19 @@ WeChat gives a push 5 seconds, then retries it (3 tries in all, each with a new 
 nonce and signature, but the same MsgId or FromUserName+CreateTime). So a Redis SET NX on the
 push's dedup key makes sure a retry never runs a handler twice, and a handler still busy after
 `oa_reply_timeout` (4 s) answers `success` now and its reply later as a customer-service message.
-Never a 500 to WeChat: a failure is logged and answered `success`.
+Never a 500 to WeChat: a failure is logged and answered `success`; only PostgreSQL or Redis
+being down is a 503 (nothing was done, the dedup key is released), so WeChat pushes it again.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
 
 from app import keys
-from app.errors import DomainError
+from app.errors import DomainError, dependency_failed
 from app.wechat.oa import (
     MAX_BODY_BYTES, MAX_SKEW_SECONDS, SUCCESS, OACrypto, OAMessage, OAProtocolError, OASignatureError,
     check_signature, fresh_timestamp, parse_message, parse_xml, text_reply,
@@ -97,7 +99,12 @@ async def receive(request: web.Request) -> web.Response:
 
     try:
         content = await _answer(request.app, msg)
-    except Exception:
+    except Exception as exc:
+        if dependency_failed(exc):
+            # PostgreSQL or Redis is down: nothing was done, so ask WeChat to push it again.
+            log.warning("OA push deferred: %s", type(exc).__name__, extra={"fields": {"dedup": msg.dedup_key}})
+            raise web.HTTPServiceUnavailable(text="temporarily unavailable; retry",
+                                             headers={"Retry-After": "2"}) from None
         log.exception("OA push failed", extra={"fields": {"dedup": msg.dedup_key}})
         content = None
     if not content:
@@ -138,7 +145,14 @@ async def _answer(app: web.Application, msg: OAMessage) -> str | None:
     task.add_done_callback(background.discard)
     await asyncio.wait({task}, timeout=settings.oa_reply_timeout)
     if task.done():
-        content = task.result()
+        try:
+            content = task.result()
+        except Exception:
+            # A dependency failed (_run re-raises only those): forget this delivery, so that
+            # WeChat's retry runs the handler again instead of waiting for this one.
+            with contextlib.suppress(Exception):
+                await redis.delete(key)
+            raise
         await redis.set(key, "done:" + (content or ""), ex=DEDUP_TTL)
         return content
     # _run checks `late` after its handler returns, with no await in between: it either
@@ -170,7 +184,9 @@ async def _run(app: web.Application, msg: OAMessage, late: asyncio.Event) -> str
         content = await router.dispatch(msg, ctx)
     except DomainError as exc:
         content = exc.message
-    except Exception:
+    except Exception as exc:
+        if dependency_failed(exc) and not late.is_set():
+            raise  # the webhook answers 503 and WeChat pushes again
         log.exception("OA handler failed", extra={"fields": {"dedup": msg.dedup_key}})
         content = None
     if not late.is_set() or not content:

@@ -3,11 +3,13 @@
 APIv3 answers: 204 when recorded (or a repeat, or an event we do not act on); 401
 `{"code": "FAIL", "message"}` for a failed check, nothing stored; 400 for a signed body that
 is not the shape WeChat sends; 413 over 64 KiB; 500 for a retryable failure (a refund before
-its payment: WeChat retries any non-2xx); 503 `pay_not_configured`.
+its payment: WeChat retries any non-2xx); 503 `pay_not_configured`; 503 with Retry-After when
+PostgreSQL or Redis is down or too slow (nothing recorded; the retry applies it).
 
 v2 answers are WeChat's `<xml><return_code>` replies: SUCCESS with HTTP 200; FAIL with HTTP 400
 for a bad sign or malformed XML (nothing stored; WeChat only reads return_code, the status is for
-our own logs and monitors), 500 for a retryable failure, 503 when not configured.
+our own logs and monitors), 500 for a retryable failure, 503 when not configured or when
+PostgreSQL or Redis is down.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from app import keys
+from app.errors import dependency_failed
 from app.domain import payments, rewards, rules
 from app.wechat.pay import (
     PayNotifyError, PayV3Verifier, decrypt_v2_refund, parse_v2_xml, v2_reply, verify_v2,
@@ -61,10 +64,20 @@ async def notify(request: web.Request) -> web.StreamResponse:
     except payments.PaymentNotRecorded as exc:
         log.info("pay notify: %s", exc.message)
         return _fail(500, "payment not yet recorded")
-    except Exception:
+    except Exception as exc:
+        if dependency_failed(exc):
+            return _unavailable(exc)
         log.exception("pay notify failed")
         return _fail(500, "internal error; retry")
     return web.Response(status=204)
+
+
+def _unavailable(exc: BaseException) -> web.Response:
+    """PostgreSQL or Redis is down or too slow: nothing was recorded; WeChat retries a 503."""
+    log.warning("pay notify deferred: %s: %s", type(exc).__name__, exc)
+    response = _fail(503, "unavailable; retry")
+    response.headers["Retry-After"] = "2"
+    return response
 
 
 async def _apply(request: web.Request, event_type: str, resource: dict[str, Any]) -> None:
@@ -177,7 +190,12 @@ async def _v2_run(call) -> web.Response:
         return _xml(False, f"malformed: {exc}", 400)
     except payments.PaymentNotRecorded:
         return _xml(False, "payment not yet recorded", 500)
-    except Exception:
+    except Exception as exc:
+        if dependency_failed(exc):
+            log.warning("v2 pay notify deferred: %s: %s", type(exc).__name__, exc)
+            response = _xml(False, "unavailable; retry", 503)
+            response.headers["Retry-After"] = "2"
+            return response
         log.exception("v2 pay notify failed")
         return _xml(False, "internal error; retry", 500)
     return _xml(True, "OK", 200)

@@ -1,10 +1,10 @@
 """/healthz, /metrics and request ids."""
-import asyncio
 import socket
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
+from bench.harness import Forwarder
 
 
 @pytest.mark.smoke
@@ -35,49 +35,14 @@ async def test_healthz_503_when_redis_is_down(aiohttp_client, settings):
     assert body["checks"]["database"] == "ok" and body["checks"]["redis"].startswith("down")
 
 
-class _Forwarder:
-    """A TCP proxy to PostgreSQL that the test can cut, so the database really goes away."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target, self.server, self.pipes = (host, port), None, set()
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader, writer):
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.pipes.update({writer, up_writer})
-
-        async def pump(src, dst):
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    async def cut(self) -> None:
-        self.server.close()
-        for w in list(self.pipes):
-            w.close()
-
-
 @pytest.mark.postgres
 async def test_healthz_503_when_the_database_is_down(aiohttp_client, settings, redis_url):
     from app.main import create_app
 
     parts = urlsplit(settings.database_url)
-    proxy = _Forwarder(parts.hostname, parts.port or 5432)
-    port = await proxy.start()
-    netloc = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
-    via_proxy = urlunsplit(parts._replace(netloc=f"{netloc.rsplit('@', 1)[0]}@127.0.0.1:{port}"
-                                          if "@" in netloc else f"127.0.0.1:{port}"))
-    c = await aiohttp_client(create_app(settings.with_(database_url=via_proxy)))
+    proxy = Forwarder(parts.hostname, parts.port or 5432)
+    await proxy.start()
+    c = await aiohttp_client(create_app(settings.with_(database_url=proxy.url(settings.database_url))))
     assert (await c.get("/healthz")).status == 200
     await proxy.cut()
     resp = await c.get("/healthz")

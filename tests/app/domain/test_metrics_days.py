@@ -73,7 +73,11 @@ async def _fresh() -> dict:
 
 
 async def _stored_days() -> dict[date, tuple[int, int]]:
-    return {row.day: (row.version, row.built_version) for row in await MetricsDay.filter(tz=TZ.key)}
+    """Each stored day's (version, built_version); a late write's stale mark counts as a version."""
+    rows = await connections.get("default").execute_query_dict(
+        "SELECT day, version + (SELECT count(*) FROM metrics_day_stale s WHERE s.day_id = m.id) AS version,"
+        " built_version FROM metrics_day m WHERE tz = $1", [TZ.key])
+    return {row["day"]: (int(row["version"]), row["built_version"]) for row in rows}
 
 
 @pytest.mark.postgres
@@ -130,9 +134,10 @@ async def test_a_late_write_on_a_stored_day_is_counted(world, late_write):
     before = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
     versions = await _stored_days()
     await late_write(world)
+    marked = await _stored_days()
+    assert any(marked[day][0] > versions[day][0] for day in versions)  # the trigger marked it
     after = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
     rebuilt = await _stored_days()
-    assert any(rebuilt[day][0] > versions[day][0] for day in versions)  # the trigger bumped it
     assert all(version == built for version, built in rebuilt.values())  # and it was rebuilt
     assert after != before
     assert after == await _fresh()
@@ -252,3 +257,33 @@ async def test_a_range_longer_than_a_chunk_reads_every_day_once(world):
     assert got["members"]["new"] == 6  # every member of the fixture
     assert got["checkins"]["count"] == 14 and got["checkins"]["streaks"]["7+"] == 1  # m1: Oct 31-Nov 7
     assert got["points"]["issued"] == 200  # all ledger credits, Oct 31 and Nov 8 included
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("late_write", [_makeup, _late_payment, _payer_joins])
+async def test_a_money_write_never_waits_for_a_build(world, monkeypatch, late_write):
+    """A build holds its days' locks while it aggregates them; a make-up, a late payment or a
+    payer credited at first login landing on such a day completes at once, and is counted."""
+    await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    # Out of date, every day: the build locks all seven.
+    await connections.get("default").execute_query("UPDATE metrics_day SET built_version = 0")
+    parked, release = asyncio.Event(), asyncio.Event()
+    compute_days = metrics_days.compute_days
+
+    async def slow(sql, days):
+        if sql.tx is not None:  # inside the build's transaction, after its FOR UPDATE
+            parked.set()
+            await release.wait()
+        return await compute_days(sql, days)
+
+    monkeypatch.setattr(metrics_days, "compute_days", slow)
+    build = asyncio.create_task(metrics_days.build(TZ, DAYS, wait=5))
+    try:
+        await asyncio.wait_for(parked.wait(), 10)
+        await asyncio.wait_for(late_write(world), 2)  # waited for the build's lock before
+    finally:
+        release.set()
+        await build
+    monkeypatch.undo()
+    after = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    assert after == await _fresh()
