@@ -277,7 +277,7 @@ async def test_a_money_write_never_waits_for_a_build(world, monkeypatch, late_wr
         return await compute_days(sql, days)
 
     monkeypatch.setattr(metrics_days, "compute_days", slow)
-    build = asyncio.create_task(metrics_days.build(TZ, DAYS, wait=5))
+    build = asyncio.create_task(metrics_days.build(TZ, DAYS, now=NOW, wait=5))
     try:
         await asyncio.wait_for(parked.wait(), 10)
         await asyncio.wait_for(late_write(world), 2)  # waited for the build's lock before
