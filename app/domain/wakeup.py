@@ -40,7 +40,7 @@ ORDER BY m.id LIMIT {p3}
 
 
 def _sql(template: str, postgres: bool, count: int) -> str:
-    marks = {f"p{i}": (f"${i}" if postgres else "?") for i in range(1, count + 1)}
+    marks = {f"p{i}": (f"${i}" if postgres else f"?{i}") for i in range(1, count + 1)}
     return template.format(**marks)
 
 
