@@ -91,7 +91,8 @@ async def wake_dormant(*, rules: Rules, now: datetime, tz: ZoneInfo, template_id
         if not rows:
             break
         last = int(rows[-1]["id"])
-        wakeups, grants, notes = [], [], []
+        wakeups: list[tuple[str, int, datetime, str]] = []  # key, member, spell start, channel
+        notes = []
         for row in rows:
             last_wakeup = _aware(row["last_wakeup"])
             if last_wakeup is not None and last_wakeup > recent:
@@ -105,9 +106,7 @@ async def wake_dormant(*, rules: Rules, now: datetime, tz: ZoneInfo, template_id
                 channel = OA
             else:
                 channel = UNREACHABLE
-            wakeups.append(WakeUp(key=key, member_id=member_id, spell_start=start, channel=channel,
-                                  sent_at=now, window_ends_at=now + timedelta(days=rule.window_days)))
-            grants.append(coupons.Grant(member_id, template, key))
+            wakeups.append((key, member_id, start, channel))
             if channel != UNREACHABLE:
                 notes.append({"member_id": member_id, "kind": "coupon", "period": key, "values": values,
                               "page": "pages/coupons/index", "channel": channel})
@@ -116,13 +115,18 @@ async def wake_dormant(*, rules: Rules, now: datetime, tz: ZoneInfo, template_id
             async with in_transaction() as tx:
                 # The spell's key decides: a wake-up stored before (a re-run) is not stored again,
                 # and the coupon and message keyed by it are not issued or queued again.
-                stored, issued = (await _store_pg(tx, wakeups, template=template, now=now) if postgres
-                                  else (None, 0))
-                if not postgres:
-                    await WakeUp.bulk_create(wakeups, ignore_conflicts=True, batch_size=1000, using_db=tx)
+                ends = now + timedelta(days=rule.window_days)
+                if postgres:
+                    stored, issued = await _store_pg(tx, wakeups, template=template, now=now, ends=ends)
+                else:
+                    stored, issued = None, 0
+                    await WakeUp.bulk_create([WakeUp(key=k, member_id=m, spell_start=s, channel=c, sent_at=now,
+                                                     window_ends_at=ends) for k, m, s, c in wakeups],
+                                             ignore_conflicts=True, batch_size=1000, using_db=tx)
                 if issued != stored:
                     # What the fast path dropped (a coupon code collision), or the ORM path: here.
-                    issued += await coupons.issue_many(grants, now=now, conn=tx)
+                    issued += await coupons.issue_many([coupons.Grant(m, template, k) for k, m, _, _ in wakeups],
+                                                       now=now, conn=tx)
                 summary["issued"] += issued
                 summary["sent"] += await messages.enqueue_many(notes, now=now, conn=tx)
         summary["seen"] += len(rows)
@@ -147,11 +151,12 @@ SELECT (SELECT count(*) FROM w) AS wakeups, (SELECT count(*) FROM c) AS coupons
 """
 
 
-async def _store_pg(tx, wakeups: list[WakeUp], *, template, now: datetime) -> tuple[int, int]:
+async def _store_pg(tx, wakeups: list[tuple[str, int, datetime, str]], *, template, now: datetime,
+                    ends: datetime) -> tuple[int, int]:
     """(wake-ups stored, coupons issued) of one batch."""
     rows = await tx.execute_query_dict(_STORE, [
-        [w.key for w in wakeups], [w.member_id for w in wakeups], [w.spell_start for w in wakeups],
-        [w.channel for w in wakeups], now, wakeups[0].window_ends_at,
+        [w[0] for w in wakeups], [w[1] for w in wakeups], [w[2] for w in wakeups],
+        [w[3] for w in wakeups], now, ends,
         [coupons.new_code() for _ in wakeups], template.id, now + timedelta(days=template.valid_days)])
     return int(rows[0]["wakeups"]), int(rows[0]["coupons"])
 

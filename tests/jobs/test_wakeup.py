@@ -1,7 +1,10 @@
 """wakeup: dormant members' return coupon, once per dormant spell, at most once in 90 days."""
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+
+import pytest
 
 from app.config import Settings
 from app.domain import wakeup
@@ -27,6 +30,7 @@ async def member(n: int, *, idle_days: int, paid_days: int | None = None, **kw) 
                                last_paid_at=None if paid_days is None else NOW - timedelta(days=paid_days), **kw)
 
 
+@pytest.mark.smoke
 async def test_dormant_members_get_the_coupon_by_the_channel_that_reaches_them(db):
     quota = await member(1, idle_days=40)
     await SubscriptionQuota.create(member_id=quota.id, template_id=COUPON_TEMPLATE, remaining=1)
@@ -46,6 +50,7 @@ async def test_dormant_members_get_the_coupon_by_the_channel_that_reaches_them(d
     assert messages == {quota.id: "subscribe", follower.id: "oa"}
 
 
+@pytest.mark.smoke
 async def test_once_per_dormant_spell_and_at_most_once_in_90_days(db):
     m = await member(1, idle_days=40)
     assert (await run(ctx(NOW)))["issued"] == 1
@@ -90,3 +95,24 @@ async def test_off_when_disabled(db):
     await member(1, idle_days=40)
     await rules.update({"wakeup": {"enabled": False}}, actor="ops")
     assert (await run(ctx(NOW)))["issued"] == 0
+
+
+@pytest.mark.postgres
+async def test_runs_racing_each_other_wake_each_member_once(db):
+    for n in range(40):
+        m = await member(n, idle_days=40 + n)
+        await SubscriptionQuota.create(member_id=m.id, template_id=COUPON_TEMPLATE, remaining=1)
+    current = await _rules()
+    summaries = await asyncio.gather(*(wakeup.wake_dormant(rules=current, now=NOW, tz=SETTINGS.tz,
+                                                           template_id=COUPON_TEMPLATE, batch=7)
+                                       for _ in range(5)))
+    assert sum(s["issued"] for s in summaries) == 40
+    assert sum(s["sent"] for s in summaries) == 40
+    assert await WakeUp.all().count() == 40 and await Coupon.all().count() == 40
+    assert await OutboxMessage.all().count() == 40
+
+
+async def _rules():
+    from app.domain import rules
+
+    return await rules.load()

@@ -30,6 +30,7 @@ async def claim(redis, link, friend, now=NOW):
                              rules=await rules.load())
 
 
+@pytest.mark.smoke
 async def test_a_claim_gives_the_friend_a_5zhe_coupon_and_both_points(db, redis):
     await campaign()
     sharer, friend = await member("o-sharer"), await member("o-friend")

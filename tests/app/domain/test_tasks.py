@@ -34,6 +34,7 @@ async def event(redis, r, m, event_id, now=NOW, kind="review"):
                                     redis=redis, rules=r)
 
 
+@pytest.mark.smoke
 async def test_an_event_pays_once_per_event_id(db, redis):
     r, m = await configured(), await member()
     first = await event(redis, r, m, "rev-1")
@@ -96,6 +97,7 @@ async def test_the_weekly_cap_holds_under_50_concurrent_events(db, redis):
     await assert_ledger_consistent()
 
 
+@pytest.mark.smoke
 async def test_the_weekly_cap_spans_the_days_of_one_week(db, redis):
     r, m = await configured(review=50, daily_cap=100_000), await member()
     monday = datetime(2026, 11, 30, 9, 0, tzinfo=TZ)

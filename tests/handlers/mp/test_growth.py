@@ -8,6 +8,7 @@ from tests.conftest import ADMIN_TOKEN, shanghai
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+@pytest.mark.smoke
 async def test_share_link_claim_and_campaign_results(client, login, clock):
     clock.travel_to(shanghai(2026, 12, 2, 10, 0))
     resp = await client.post("/admin/campaigns", headers=ADMIN, json={
