@@ -5,6 +5,7 @@ a few seconds, so a change reaches every worker within `CACHE_SECONDS`.
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -121,8 +122,6 @@ class TasksRule(_Section):
 
     @model_validator(mode="after")
     def _kinds(self) -> "TasksRule":
-        import re
-
         for kind, value in self.points.items():
             if not re.match(_TASK_KIND, kind) or kind == "share":
                 raise ValueError(f"task kind {kind!r} must be a lower-case name other than share")

@@ -140,7 +140,9 @@ async def record_event(*, event_id: str, member_id: int, kind: str, now: datetim
     (a retry, however concurrent); with another member or kind it is 409 `event_id_reused`.
     422 `kind` for a kind that is not configured (event_kinds), 422 `event_id` for a malformed
     one (1-64 of A-Z a-z 0-9 _ . : -), 404 member_not_found, 403 blacklisted. The caller checks
-    the partner's signature first; `now` is when the event is recorded (its business week).
+    the partner's signature first and resolves `openid` to `member_id`; `now` is when the event
+    is recorded (its business day and week). Returns a TaskResult: `points_awarded` of `wanted`
+    (`capped` when a cap took some), `duplicate`; the ledger entry's key is `task:event:{event_id}`.
     """
     if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
         raise InvalidField("event_id", "must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")

@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tortoise import connections
+from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from app.domain import coupons, messages
@@ -84,7 +85,9 @@ async def wake_dormant(*, rules: Rules, now: datetime, tz: ZoneInfo, template_id
     conn = connections.get("default")
     postgres = conn.capabilities.dialect == "postgres"
     sql = _sql(_DORMANT, postgres, 4)
-    total(await Member.filter(blacklisted=False, created_at__lte=cutoff).count())
+    total(await Member.filter(Q(last_login_at=None) | Q(last_login_at__lte=cutoff),
+                              Q(last_paid_at=None) | Q(last_paid_at__lte=cutoff),
+                              blacklisted=False, created_at__lte=cutoff).count())
     last = 0
     while True:
         rows = await conn.execute_query_dict(sql, [last, cutoff, batch, template_id or ""])

@@ -116,3 +116,20 @@ async def _rules():
     from app.domain import rules
 
     return await rules.load()
+
+
+async def test_progress_counts_the_dormant(db):
+    for n in range(3):
+        await member(n, idle_days=40)
+    await member(9, idle_days=5)
+    seen = {"total": None, "done": 0}
+
+    def total(n):
+        seen["total"] = n
+
+    def advance(n):
+        seen["done"] += n
+
+    await wakeup.wake_dormant(rules=await _rules(), now=NOW, tz=SETTINGS.tz, template_id=COUPON_TEMPLATE,
+                              batch=2, total=total, advance=advance)
+    assert seen == {"total": 3, "done": 3}
