@@ -3,6 +3,7 @@ from aiohttp import web
 
 from handlers import ops
 from handlers.admin import blacklist as admin_blacklist
+from handlers.admin import campaigns as admin_campaigns
 from handlers.admin import coupons as admin_coupons
 from handlers.admin import dashboard as admin_dashboard
 from handlers.admin import members as admin_members
@@ -16,7 +17,9 @@ from handlers.mp import checkin, members, points
 from handlers.mp import coupons as mp_coupons
 from handlers.mp import referral as mp_referral
 from handlers.mp import rewards as mp_rewards
+from handlers.mp import share as mp_share
 from handlers.mp import subscriptions as mp_subscriptions
+from handlers.mp import tasks as mp_tasks
 from handlers.wechat import oa as wechat_oa
 from handlers.wechat import pay as wechat_pay
 from handlers.wechat import wecom as wechat_wecom
@@ -39,6 +42,9 @@ def setup(app: web.Application) -> None:
     r.add_get("/mp/rewards", mp_rewards.catalogue)
     r.add_post(r"/mp/rewards/{id:\d{1,18}}/redeem", mp_rewards.redeem)
     r.add_get("/mp/coupons", mp_coupons.mine)
+    r.add_get("/mp/tasks", mp_tasks.overview)
+    r.add_post("/mp/share-links", mp_share.create)
+    r.add_post(r"/mp/share-links/{token:[A-Za-z0-9_-]{1,32}}/claim", mp_share.claim)
 
     # WeChat callbacks
     r.add_get("/wechat/oa", wechat_oa.verify)
@@ -70,6 +76,8 @@ def setup(app: web.Application) -> None:
     r.add_get("/admin/wecom/stewards", admin_wecom.stewards)
     r.add_put("/admin/wecom/stewards", admin_wecom.set_steward)
     r.add_post("/admin/wecom/broadcasts", admin_wecom.broadcast)
+    r.add_get("/admin/campaigns", admin_campaigns.listing)
+    r.add_post("/admin/campaigns", admin_campaigns.create)
 
     # Operations
     r.add_get("/healthz", ops.healthz)

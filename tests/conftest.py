@@ -31,6 +31,7 @@ _TABLES = [
     "redemption", "refund", "payment", "referral", "reward", "coupon_template", "subscription_quota",
     "tier_change", "member", "metrics_day", "metrics_day_stale",
     "wecom_broadcast_send", "wecom_broadcast", "wecom_contact", "wecom_steward", "wecom_tag",
+    "task_completion", "share_claim_identity", "share_claim", "share_day", "share_link", "campaign", "wakeup",
 ]
 
 

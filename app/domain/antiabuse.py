@@ -7,7 +7,7 @@ wrote it, and one from another run counts as max(counter, ledger)).
 """
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -118,6 +118,58 @@ async def release_cap(*, redis: Redis, member_id: int, day: date, amount: int) -
 async def capped_total(*, member_id: int, day: date) -> int:
     """What the ledger says the member earned under the cap on that day."""
     row = await LedgerEntry.filter(member_id=member_id, capped_on=day, delta__gt=0) \
+        .annotate(total=Sum("delta")).values_list("total", flat=True)
+    return int(row[0] or 0) if row else 0
+
+
+# The weekly cap of task points (CONTRACT.md "tasks": 200 a Monday-to-Sunday business week),
+# counted by the same script: a counter per member and week, its own `since` (the Monday from
+# which this Redis holds every weekly counter), rebuilt from the ledger when lost.
+WEEK_CAP_TTL = 9 * 86400
+WEEK_CAP_SINCE = "wcap:since"
+# The ledger reasons counted under the weekly cap: task points (tasks.py) and share claims (share.py).
+WEEKLY_REASONS = ("task", "share")
+
+
+def week_of(day: date) -> date:
+    """The Monday of the business week `day` belongs to."""
+    return day - timedelta(days=day.weekday())
+
+
+def _week_key(member_id: int, monday: date) -> str:
+    return f"wcap:{member_id}:{monday.isoformat()}"
+
+
+async def reserve_weekly_cap(*, redis: Redis, member_id: int, day: date, wanted: int, cap: int) -> int:
+    """Reserve up to `wanted` of the member's weekly task cap (200 task points a business week,
+    Monday to Sunday) for business day `day`; returns what was granted (0..wanted)."""
+    if wanted <= 0:
+        return 0
+    monday = week_of(day)
+    keys = (_week_key(member_id, monday), WEEK_CAP_SINCE)
+    args = (wanted, cap, "", WEEK_CAP_TTL, monday.isoformat())
+    granted = int(await _reserve_cap(keys=keys, args=args, client=redis))
+    if granted == -1:
+        floor = await weekly_total(member_id=member_id, day=day)
+        args = (wanted, cap, floor, WEEK_CAP_TTL, monday.isoformat())
+        granted = int(await _reserve_cap(keys=keys, args=args, client=redis))
+    if granted < wanted:
+        metrics.CAP_HITS.inc()
+    return granted
+
+
+async def release_weekly_cap(*, redis: Redis, member_id: int, day: date, amount: int) -> None:
+    """Give back a weekly reservation whose award did not happen."""
+    if amount > 0:
+        await redis.decrby(_week_key(member_id, week_of(day)), amount)
+
+
+async def weekly_total(*, member_id: int, day: date) -> int:
+    """What the ledger says the member earned in task points in the business week of `day`."""
+    monday = week_of(day)
+    row = await LedgerEntry.filter(member_id=member_id, capped_on__gte=monday,
+                                   capped_on__lte=monday + timedelta(days=6), delta__gt=0,
+                                   reason__in=WEEKLY_REASONS) \
         .annotate(total=Sum("delta")).values_list("total", flat=True)
     return int(row[0] or 0) if row else 0
 

@@ -21,6 +21,7 @@ from app.models import Member
 from app.wechat.client import WeChatClient, WeChatError, WeChatUnavailable
 
 SESSION_TTL = 7 * 86400
+LOGIN_MARK_EVERY = timedelta(hours=6)  # Member.last_login_at is at most this stale
 _INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed by people
 
 
@@ -132,6 +133,10 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
             # Orders paid before the payer was a member are credited now (once: pay:{transaction_id}).
             if await payments.credit_pending(member=member, now=now, tz=tz, redis=redis, rules=rules):
                 await member.refresh_from_db()
+            from app.domain import campaigns  # 新人礼包: once per member, a unique key
+
+            if await campaigns.give_new_member_pack(member_id=member.id, now=now, rules=rules):
+                await member.refresh_from_db()
     elif unionid and not member.unionid:
         await Member.filter(id=member.id).update(unionid=unionid)
         member.unionid = unionid
@@ -142,6 +147,9 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
         await wecom.link_member(member_id=member.id, unionid=unionid, now=now)
     if member.blacklisted:
         raise Forbidden("this member is blocked", code="blacklisted")
+    if not is_new and (member.last_login_at is None or member.last_login_at <= now - LOGIN_MARK_EVERY):
+        # Coarse on purpose: the wake-up job needs the day, not one write per login.
+        await Member.filter(id=member.id).update(last_login_at=now)
 
     token = await open_session(redis=redis, member_id=member.id)
     # Checked after the session is listed: a blacklisting that lands meanwhile either is seen
@@ -166,6 +174,7 @@ async def _register(*, redis: Redis, rules: Rules, appid: str, openid: str, unio
         try:
             # created_at from the app's clock: the referral window is measured on it
             member = await Member.create(appid=appid, openid=openid, unionid=unionid, created_at=now,
+                                         last_login_at=now,
                                          device_id=device_id, invite_code=new_invite_code())
             return member, True
         except IntegrityError:

@@ -169,6 +169,15 @@ async def _deliver(message: OutboxMessage, *, lease: datetime, wechat: Any, oa_w
 
             await bucket.take()
             outcome = await wecom_tags.deliver(message, client=wecom, rules=await rules.load())
+        elif message.channel == "oa":
+            from app.domain import wakeup  # the wake-up's fallback: the official account
+
+            await bucket.take()
+            try:
+                await wakeup.deliver_oa(message, oa_wechat=oa_wechat)
+            except LookupError as missing:
+                raise _Permanent(str(missing)) from None
+            outcome = None
         else:
             raise _Permanent(f"unknown channel {message.channel!r}")
     except _Skip as skip:

@@ -5,6 +5,7 @@ a few seconds, so a change reaches every worker within `CACHE_SECONDS`.
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -109,6 +110,47 @@ class LimitsRule(_Section):
     registrations_per_device_per_day: int = Field(3, ge=1)
 
 
+_TASK_KIND = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+class TasksRule(_Section):
+    """Task points (CONTRACT.md "tasks"): per task kind, 0 out of the box; `profile` is the
+    card activated with every field (once), other kinds come from POST /partner/events."""
+
+    points: dict[str, int] = Field(default_factory=lambda: {"profile": 0, "review": 0})
+    weekly_cap: int = Field(200, ge=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _kinds(self) -> "TasksRule":
+        for kind, value in self.points.items():
+            if not re.match(_TASK_KIND, kind) or kind == "share":
+                raise ValueError(f"task kind {kind!r} must be a lower-case name other than share")
+            if not 0 <= value <= 100_000:
+                raise ValueError(f"points of {kind!r} must be 0 to 100000")
+        return self
+
+
+class NewMemberPackRule(_Section):
+    """新人礼包: on registration a no-threshold coupon and points, once per member; off by default."""
+
+    enabled: bool = False
+    coupon_fen: int = Field(1000, ge=0, le=1_000_000)
+    points: int = Field(50, ge=0, le=100_000)
+    valid_days: int = Field(30, ge=1, le=366)
+
+
+class WakeupRule(_Section):
+    """沉默会员唤醒: no login and no payment for `dormant_days` → a return coupon, once per dormant
+    spell and at most once in `every_days`; a paid order within `window_days` is a success."""
+
+    enabled: bool = True
+    dormant_days: int = Field(30, ge=1, le=3650)
+    every_days: int = Field(90, ge=1, le=3650)
+    coupon_fen: int = Field(2000, ge=0, le=1_000_000)
+    valid_days: int = Field(14, ge=1, le=366)
+    window_days: int = Field(14, ge=1, le=366)
+
+
 class Rules(_Section):
     checkin: CheckinRule = CheckinRule()
     makeup: MakeupRule = MakeupRule()
@@ -125,6 +167,9 @@ class Rules(_Section):
     tier_coupons: TierCouponsRule = TierCouponsRule()
     member_day: MemberDayRule = MemberDayRule()
     limits: LimitsRule = LimitsRule()
+    tasks: TasksRule = TasksRule()
+    new_member_pack: NewMemberPackRule = NewMemberPackRule()
+    wakeup: WakeupRule = WakeupRule()
 
     def tier(self, key: str) -> Tier:
         for level in self.tiers.levels:

@@ -1,4 +1,6 @@
 """All models, one module per domain noun: Tortoise loads them from here."""
+from app.models.campaign import (Campaign, ShareClaim, ShareClaimIdentity, ShareDay, ShareLink,
+                                 TaskCompletion, WakeUp)
 from app.models.checkin import Checkin
 from app.models.coupon import Coupon, CouponTemplate
 from app.models.ledger import LedgerEntry, LotUse
@@ -12,8 +14,9 @@ from app.models.rules import AuditLog, Rule
 from app.models.wecom import WeComBroadcast, WeComBroadcastSend, WeComContact, WeComSteward, WeComTag
 
 __all__ = [
-    "AuditLog", "Blacklist", "Checkin", "Coupon", "CouponTemplate", "LedgerEntry", "LotUse", "Member",
+    "AuditLog", "Blacklist", "Campaign", "Checkin", "Coupon", "CouponTemplate", "LedgerEntry", "LotUse", "Member",
     "MemberScore", "MetricsDay", "OutboxMessage", "Payment", "Redemption", "Refund", "Referral", "Reward",
-    "Rule", "SubscriptionQuota", "TierChange",
+    "Rule", "ShareClaim", "ShareClaimIdentity", "ShareDay", "ShareLink", "SubscriptionQuota",
+    "TaskCompletion", "TierChange", "WakeUp",
     "WeComBroadcast", "WeComBroadcastSend", "WeComContact", "WeComSteward", "WeComTag",
 ]

@@ -27,6 +27,7 @@ class Member(Model):
     streak = fields.IntField(default=0)
     last_checkin = fields.DateField(null=True)
     last_paid_at = fields.DatetimeField(null=True)
+    last_login_at = fields.DatetimeField(null=True)  # to within LOGIN_MARK_EVERY (wake-ups)
     tier_since = fields.DatetimeField(null=True)
     followed = fields.BooleanField(default=False)
     blacklisted = fields.BooleanField(default=False)

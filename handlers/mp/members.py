@@ -5,7 +5,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import keys
-from app.domain import members, rules
+from app.domain import members, rules, tasks
 from app.domain.clock import business_day
 from handlers.bodies import parse
 from handlers.mp.auth import member_id
@@ -47,7 +47,13 @@ async def me(request: web.Request) -> web.Response:
 async def activate_card(request: web.Request) -> web.Response:
     who = await member_id(request)
     body = await parse(request, ActivateBody)
-    today = business_day(request.app[keys.clock_key].now(), request.app[keys.settings_key].tz)
+    now, tz = request.app[keys.clock_key].now(), request.app[keys.settings_key].tz
+    today = business_day(now, tz)
     member = await members.activate_card(member_id=who, name=body.name, phone=body.phone,
                                          birthday=body.birthday, today=today)
-    return web.json_response(members.render(member, today=today, rules=await rules.load()))
+    current = await rules.load()
+    # Every field is required here, so an activation is a completed profile (a task, once).
+    if await tasks.complete_profile(member_id=who, now=now, tz=tz, redis=request.app[keys.redis_key],
+                                    rules=current):
+        member = await members.get(who)
+    return web.json_response(members.render(member, today=today, rules=current))

@@ -14,7 +14,7 @@ from datetime import datetime
 from aiohttp import web
 
 from app import keys
-from app.domain import card, checkin, followers, referral, rules
+from app.domain import card, checkin, followers, referral, rules, tasks
 from app.domain.clock import business_day
 from app.models import Member
 from app.wechat.oa import OAMessage
@@ -159,6 +159,11 @@ async def on_card_activation(msg: OAMessage, ctx: OAContext, member: Member) -> 
     today = business_day(ctx.now, ctx.app[keys.settings_key].tz)
     member = await card.activate(wechat=ctx.wechat, member_id=member.id, activate_ticket=msg.activate_ticket,
                                  code=msg.user_card_code, card_id=msg.card_id, today=today)
+    # WeChat's form requires every field: a completed profile, the same task as /mp/card/activate.
+    done = await tasks.complete_profile(member_id=member.id, now=ctx.now, tz=ctx.app[keys.settings_key].tz,
+                                        redis=ctx.app[keys.redis_key], rules=await rules.load())
+    if done is not None and done.points_awarded and not done.duplicate:
+        member.points += done.points_awarded
     return f"会员卡已激活：会员号 {member.id}，积分 {member.points}。"
 
 
