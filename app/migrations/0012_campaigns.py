@@ -27,7 +27,7 @@ async def noop(apps, schema_editor) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("models", "0010_wecom")]
+    dependencies = [("models", "0011_metrics_day_stale")]
 
     initial = False
 
