@@ -31,6 +31,7 @@ _TABLES = [
     "redemption", "refund", "payment", "referral", "reward", "coupon_template", "subscription_quota",
     "tier_change", "member", "metrics_day",
     "wecom_broadcast_send", "wecom_broadcast", "wecom_contact", "wecom_steward", "wecom_tag",
+    "cost_entry", "experiment_assignment", "experiment", "tier_trial",
 ]
 
 
