@@ -3,6 +3,7 @@ from aiohttp import web
 
 from handlers import ops
 from handlers.admin import blacklist as admin_blacklist
+from handlers.admin import costs as admin_costs
 from handlers.admin import coupons as admin_coupons
 from handlers.admin import dashboard as admin_dashboard
 from handlers.admin import members as admin_members
@@ -60,6 +61,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/admin/redemptions", admin_rewards.redemptions)
     r.add_post("/admin/coupons/redeem", admin_coupons.redeem)
     r.add_get("/admin/metrics", admin_metrics.show)
+    r.add_get("/admin/costs", admin_costs.show)
     r.add_get(r"/admin/segments/{name}.csv", admin_segments.export)
     r.add_get("/admin/", admin_dashboard.page)
     r.add_get("/admin/blacklist", admin_blacklist.listing)

@@ -91,7 +91,8 @@ async def redeem(*, reward_id: int, member_id: int, now: datetime, pay: PayClien
             # it is taken last and held for as short a time as possible.
             key = f"redeem:{reward.id}:{member_id}:{slot}"
             posting = await points.debit(conn=conn, member_id=member_id, amount=int(reward.points),
-                                         reason="redeem", key=key, note=reward.name[:255], keep_lots=cash)
+                                         reason="redeem", key=key, note=reward.name[:255], keep_lots=cash,
+                                         now=now)
             taken = await Reward.filter(id=reward.id, stock__gt=0).using_db(conn).update(stock=F("stock") - 1)
             if not taken:
                 raise Conflict("this item is out of stock", code="out_of_stock")

@@ -109,6 +109,21 @@ class LimitsRule(_Section):
     registrations_per_device_per_day: int = Field(3, ge=1)
 
 
+class CostsRule(_Section):
+    """What benefits cost (seed 000: 权益成本率 5–10 %): points at `fen_per_point` (100 points = 1 yuan),
+    and the band of the benefit cost ratio outside which a month is flagged."""
+
+    fen_per_point: float = Field(1.0, ge=0, le=1000)
+    ratio_low: float = Field(0.05, ge=0, le=10)
+    ratio_high: float = Field(0.10, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _band(self) -> "CostsRule":
+        if self.ratio_low > self.ratio_high:
+            raise ValueError("ratio_low must not exceed ratio_high")
+        return self
+
+
 class Rules(_Section):
     checkin: CheckinRule = CheckinRule()
     makeup: MakeupRule = MakeupRule()
@@ -125,6 +140,7 @@ class Rules(_Section):
     tier_coupons: TierCouponsRule = TierCouponsRule()
     member_day: MemberDayRule = MemberDayRule()
     limits: LimitsRule = LimitsRule()
+    costs: CostsRule = CostsRule()
 
     def tier(self, key: str) -> Tier:
         for level in self.tiers.levels:
