@@ -132,3 +132,19 @@ async def test_a_low_month_is_flagged_too(db):
     await costs.record(conn=None, kind="coupon", amount_fen=1000, key="c:low", now=when, member_id=a.id)
     got = await costs.report(first=date(2026, 10, 1), last=date(2026, 10, 31), rules=rules.Rules(), tz=TZ)
     assert got["months"][0]["alert"] == "low" and got["alert_months"] == ["2026-10"]
+
+
+async def test_points_given_back_give_their_cost_back(db):
+    from tortoise.transactions import in_transaction
+
+    m = await new_member(8)
+    await points.award(member_id=m.id, amount=500, reason="gift", key="g:8", now=NOW, expiry_months=12)
+    async with in_transaction() as conn:
+        await points.debit(conn=conn, member_id=m.id, amount=200, reason="redeem", key="redeem:x:8:1",
+                           keep_lots=True, now=NOW)
+    async with in_transaction() as conn:
+        await points.restore(conn=conn, member_id=m.id, debit_key="redeem:x:8:1", amount=200, reason="release",
+                             key="release:x:8:1", now=NOW + timedelta(minutes=15))
+    rows = await CostEntry.all().order_by("id").values_list("key", "amount_fen")
+    assert rows == [("points:redeem:x:8:1", 200), ("points:release:x:8:1", -200)]
+    await assert_ledger_consistent()
