@@ -4,7 +4,8 @@ A fresh PostgreSQL database on DATABASE_URL's server (dropped at the end) is mig
 seeded by COPY: `--members` members, two experiments of `--members` assignments each (a
 repurchase test over three arms with a holdout, and a redemption test over two arms, each
 assignment with its coupon, 30 % of them redeemed), `--payments` payments and a cost entry per
-redeemed coupon. Then `experiments.results` (what GET /admin/experiments/{key}/results runs) is
+redeemed coupon; each assignment's `converted_at` as the payment and redemption transactions
+stamp it. Then `experiments.results` (what GET /admin/experiments/{key}/results runs) is
 timed `--calls` times per experiment, in process.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379/0 \\
@@ -84,11 +85,21 @@ async def seed(url: str, *, members: int, payments: int, now: datetime) -> dict:
             "INSERT INTO coupon_template (id, key, name, kind, amount_fen, discount_percent, min_spend_fen,"
             " valid_days, created_at) VALUES (1, 'exp:validity:d7', '7', 'amount', 1000, 100, 0, 7, now()),"
             " (2, 'exp:validity:d3', '3', 'amount', 1000, 100, 0, 3, now())")
+        paid = [(rand.randint(1, members), start + timedelta(seconds=rand.randrange(86400 * 30)))
+                for _ in range(payments)]
+        by_member: dict[int, list[datetime]] = {}
+        for m, t in paid:
+            by_member.setdefault(m, []).append(t)
         assigned = [(i, pick(rand, ARMS_REPURCHASE), start + timedelta(seconds=rand.randrange(86400 * 10)))
                     for i in range(1, members + 1)]
+
+        def converted(m: int, at: datetime) -> datetime | None:
+            # What the payment transactions stamp: the first order within 14 days after assignment.
+            hits = [t for t in by_member.get(m, ()) if at < t <= at + timedelta(days=14)]
+            return min(hits) if hits else None
         rows["experiment_assignment"] = await copy(conn, "experiment_assignment", [
-            "id", "experiment_id", "member_id", "arm", "assigned_at", "coupon_id"],
-            ((i, 1, m, arm, at, None) for i, (m, arm, at) in enumerate(assigned, start=1)))
+            "id", "experiment_id", "member_id", "arm", "assigned_at", "coupon_id", "converted_at"],
+            ((i, 1, m, arm, at, None, converted(m, at)) for i, (m, arm, at) in enumerate(assigned, start=1)))
         validity = [(i, "d7" if rand.random() < 0.5 else "d3", start + timedelta(seconds=rand.randrange(86400 * 10)))
                     for i in range(1, members + 1)]
         used = {}
@@ -101,8 +112,8 @@ async def seed(url: str, *, members: int, payments: int, now: datetime) -> dict:
             ((m, f"C{m}", f"exp:validity:{m}", 1 if arm == "d7" else 2, m, at,
               at + timedelta(days=7 if arm == "d7" else 3), used.get(m), at) for m, arm, at in validity))
         rows["experiment_assignment"] += await copy(conn, "experiment_assignment", [
-            "id", "experiment_id", "member_id", "arm", "assigned_at", "coupon_id"],
-            ((members + m, 2, m, arm, at, m) for m, arm, at in validity))
+            "id", "experiment_id", "member_id", "arm", "assigned_at", "coupon_id", "converted_at"],
+            ((members + m, 2, m, arm, at, m, used.get(m)) for m, arm, at in validity))
         arms = {m: arm for m, arm, _ in validity}
         rows["cost_entry"] = await copy(conn, "cost_entry", [
             "id", "key", "kind", "amount_fen", "member_id", "tier", "source", "experiment", "arm", "occurred_at",
@@ -113,8 +124,7 @@ async def seed(url: str, *, members: int, payments: int, now: datetime) -> dict:
             "id", "transaction_id", "out_trade_no", "openid", "member_id", "total_fen", "payer_total_fen",
             "refunded_fen", "points_awarded", "growth_awarded", "credited", "paid_at", "source", "created_at"],
             ((i, f"tx{i}", f"ot{i}", f"o-{m}", m, 5000, 5000, 0, 50, 50, True, t, "v3", t)
-             for i in range(1, payments + 1)
-             for m, t in ((rand.randint(1, members), start + timedelta(seconds=rand.randrange(86400 * 30))),)))
+             for i, (m, t) in enumerate(paid, start=1)))
         for table in ("member", "experiment", "experiment_assignment", "coupon", "coupon_template", "cost_entry",
                       "payment"):
             await conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"

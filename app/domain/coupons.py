@@ -146,6 +146,9 @@ async def redeem(*, code: str, operator: str, now: datetime, order_fen: int | No
                                   using_db=conn)
             await coupon.fetch_related("template", using_db=conn)
             await costs.record_coupon(conn=conn, coupon=coupon, now=now, order_fen=order_fen)
+            from app.domain import experiments  # it issues coupons: imported at call time
+
+            await experiments.note_redeemed(conn=conn, coupon_id=coupon.id, now=now)
     coupon = await Coupon.get(id=coupon.id).prefetch_related("template")
     if not updated:
         if coupon.used_at is not None:

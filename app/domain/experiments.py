@@ -244,61 +244,69 @@ async def enroll_open(*, now: datetime) -> dict:
     return summary
 
 
-_REPURCHASE_PG = """
-SELECT a.arm, COUNT(*) AS members, COUNT(c.member_id) AS conversions
-FROM experiment_assignment a
-LEFT JOIN (
-  SELECT DISTINCT x.member_id FROM experiment_assignment x
-  JOIN payment p ON p.member_id = x.member_id
-  WHERE x.experiment_id = $1 AND p.paid_at > x.assigned_at
-    AND p.paid_at <= x.assigned_at + make_interval(days => $2) AND p.paid_at <= $3
-    AND p.refunded_fen < p.payer_total_fen
-) c ON c.member_id = a.member_id
-WHERE a.experiment_id = $1 GROUP BY a.arm
-"""
-
-_REDEMPTION_PG = """
-SELECT a.arm, COUNT(*) AS members,
-       COUNT(*) FILTER (WHERE c.used_at > a.assigned_at AND c.used_at <= a.assigned_at + make_interval(days => $2)
-                        AND c.used_at <= $3) AS conversions
-FROM experiment_assignment a LEFT JOIN coupon c ON c.id = a.coupon_id
-WHERE a.experiment_id = $1 GROUP BY a.arm
+# The member's repurchase conversions, recomputed: the first order (not fully refunded) within
+# metric_days after each assignment. Run in the transaction of every payment and refund.
+_RESTAMP_PG = """
+UPDATE experiment_assignment a SET converted_at = (
+  SELECT MIN(p.paid_at) FROM payment p
+  WHERE p.member_id = a.member_id AND p.paid_at > a.assigned_at
+    AND p.paid_at <= a.assigned_at + make_interval(days => e.metric_days)
+    AND p.refunded_fen < p.payer_total_fen)
+FROM experiment e
+WHERE a.member_id = $1 AND e.id = a.experiment_id AND e.metric = 'repurchase'
 """
 
 # SQLite (development, the smoke pass): julianday() reads the stored ISO text with its offset.
-_REPURCHASE_SQLITE = """
-SELECT a.arm, COUNT(*) AS members, COUNT(c.member_id) AS conversions
-FROM experiment_assignment a
-LEFT JOIN (
-  SELECT DISTINCT x.member_id FROM experiment_assignment x
-  JOIN payment p ON p.member_id = x.member_id
-  WHERE x.experiment_id = ?1 AND julianday(p.paid_at) > julianday(x.assigned_at)
-    AND julianday(p.paid_at) <= julianday(x.assigned_at) + ?2 AND julianday(p.paid_at) <= julianday(?3)
-    AND p.refunded_fen < p.payer_total_fen
-) c ON c.member_id = a.member_id
-WHERE a.experiment_id = ?1 GROUP BY a.arm
+_RESTAMP_SQLITE = """
+UPDATE experiment_assignment SET converted_at = (
+  SELECT MIN(p.paid_at) FROM payment p, experiment e
+  WHERE e.id = experiment_assignment.experiment_id AND p.member_id = experiment_assignment.member_id
+    AND julianday(p.paid_at) > julianday(experiment_assignment.assigned_at)
+    AND julianday(p.paid_at) <= julianday(experiment_assignment.assigned_at) + e.metric_days
+    AND p.refunded_fen < p.payer_total_fen)
+WHERE member_id = ?1 AND experiment_id IN (SELECT id FROM experiment WHERE metric = 'repurchase')
 """
 
-_REDEMPTION_SQLITE = """
-SELECT a.arm, COUNT(*) AS members,
-       SUM(CASE WHEN julianday(c.used_at) > julianday(a.assigned_at)
-                 AND julianday(c.used_at) <= julianday(a.assigned_at) + ?2
-                 AND julianday(c.used_at) <= julianday(?3) THEN 1 ELSE 0 END) AS conversions
-FROM experiment_assignment a LEFT JOIN coupon c ON c.id = a.coupon_id
-WHERE a.experiment_id = ?1 GROUP BY a.arm
+
+async def note_payment(*, conn, member_id: int) -> None:
+    """Inside a payment's or a refund's transaction: the member's repurchase conversions follow its
+    orders (a full refund of the converting order moves the conversion to the next one, or none).
+    One indexed UPDATE, which finds nothing for a member in no experiment."""
+    pg = conn.capabilities.dialect == "postgres"
+    await conn.execute_query(_RESTAMP_PG if pg else _RESTAMP_SQLITE, [member_id])
+
+
+async def note_redeemed(*, conn, coupon_id: int, now: datetime) -> None:
+    """Inside a redemption's transaction: an experiment coupon redeemed within metric_days of its
+    assignment converts the member (redemption metric)."""
+    now = now.astimezone(timezone.utc)
+    assigned = await ExperimentAssignment.filter(coupon_id=coupon_id).using_db(conn) \
+        .select_related("experiment").first()
+    if assigned is None or assigned.experiment.metric != "redemption":
+        return
+    if assigned.assigned_at < now <= assigned.assigned_at + timedelta(days=assigned.experiment.metric_days):
+        await ExperimentAssignment.filter(id=assigned.id, converted_at=None).using_db(conn).update(converted_at=now)
+
+
+_COUNTS_PG = """
+SELECT arm, COUNT(*) AS members, COUNT(*) FILTER (WHERE converted_at <= $2) AS conversions
+FROM experiment_assignment WHERE experiment_id = $1 GROUP BY arm
+"""
+
+_COUNTS_SQLITE = """
+SELECT arm, COUNT(*) AS members,
+       SUM(CASE WHEN converted_at IS NOT NULL AND julianday(converted_at) <= julianday(?2) THEN 1 ELSE 0 END)
+         AS conversions
+FROM experiment_assignment WHERE experiment_id = ?1 GROUP BY arm
 """
 
 
 async def _counts(exp: Experiment, now: datetime) -> dict[str, tuple[int, int]]:
     conn = connections.get("default")
-    pg = conn.capabilities.dialect == "postgres"
-    if pg:
-        sql = _REPURCHASE_PG if exp.metric == "repurchase" else _REDEMPTION_PG
-        params: list = [exp.id, exp.metric_days, now]
+    if conn.capabilities.dialect == "postgres":
+        rows = await conn.execute_query_dict(_COUNTS_PG, [exp.id, now])
     else:
-        sql = _REPURCHASE_SQLITE if exp.metric == "repurchase" else _REDEMPTION_SQLITE
-        params = [exp.id, exp.metric_days, now.astimezone(timezone.utc).isoformat(" ")]
-    rows = await conn.execute_query_dict(sql, params)
+        rows = await conn.execute_query_dict(_COUNTS_SQLITE, [exp.id, now.astimezone(timezone.utc).isoformat(" ")])
     return {row["arm"]: (int(row["members"]), int(row["conversions"] or 0)) for row in rows}
 
 

@@ -24,7 +24,7 @@ from tortoise.expressions import F
 from tortoise.functions import Sum
 from tortoise.transactions import in_transaction
 
-from app.domain import points, tiers
+from app.domain import experiments, points, tiers
 from app.domain import rules as rules_module
 from app.domain.rules import Rules
 from app.errors import DomainError
@@ -93,6 +93,7 @@ async def _credit(*, conn: BaseDBAsyncClient, rules: Rules, member_id: int, tran
                                       note=out_trade_no[:255], also={"last_paid_at": paid_at})
         if not tiers.variant(rules) and growth and rules.tier_for_growth(int(posting.growth or 0)).key != posting.tier:
             await tiers.follow_growth(conn=conn, member_id=member_id, rules=rules, cause="payment", now=now)
+    await experiments.note_payment(conn=conn, member_id=member_id)  # A/B repurchase conversions
     if tiers.variant(rules):
         # Orders/spend basis or trial tiers: the order counts, and may upgrade a trial, in this transaction.
         await tiers.after_payment(conn=conn, member_id=member_id, rules=rules, transaction_id=transaction_id,
@@ -383,6 +384,8 @@ async def record_refund(*, rules: Rules, refund_id: str, transaction_id: str, re
                                               now=now, allow_down=True)
             else:
                 take_points = take_growth = 0
+            if row.member_id:
+                await experiments.note_payment(conn=conn, member_id=row.member_id)
             if row.credited and row.member_id and tiers.variant(rules):
                 await tiers.after_refund(conn=conn, member_id=row.member_id, rules=rules,
                                          transaction_id=transaction_id, fully_refunded=refunded >= total, now=now)

@@ -34,8 +34,11 @@ class ExperimentAssignment(Model):
     assigned_at = fields.DatetimeField()
     coupon = fields.ForeignKeyField("models.Coupon", null=True, related_name="experiment_assignments",
                                     on_delete=fields.SET_NULL)
+    # When the member converted (the first qualifying order, or the coupon's redemption), kept by
+    # the payment, refund and redemption transactions, so results are one scan of this table.
+    converted_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "experiment_assignment"
         unique_together = (("experiment", "member"),)
-        indexes = (("experiment", "arm"),)
+        indexes = (("experiment", "arm", "converted_at"), ("member",))

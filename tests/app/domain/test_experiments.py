@@ -3,12 +3,12 @@ the arm's coupon, the population, and the results against hand-computed fixtures
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.domain import costs, coupons, experiments, members, stats
+from app.domain import costs, coupons, experiments, members, payments, rules, stats
 from app.errors import Conflict, InvalidField, NotFound
 from app.models import AuditLog, Coupon, CostEntry, ExperimentAssignment, Member, MemberScore, Payment
 
@@ -141,13 +141,19 @@ async def _arms(exp, member_ids: dict[str, list[int]], at: datetime) -> None:
                                             for arm, ids in member_ids.items() for m in ids])
 
 
-async def _pay(member_id: int, when: datetime, n: int, refunded: int = 0) -> None:
-    await Payment.create(transaction_id=f"t-exp-{n}", out_trade_no=f"o-{n}", openid=f"o-{member_id}",
-                         member_id=member_id, total_fen=10_000, payer_total_fen=10_000, refunded_fen=refunded,
-                         paid_at=when, credited=True)
+async def _pay(redis, member_id: int, when: datetime, n: int, refunded: int = 0) -> None:
+    """Through the real payment (and refund) path, whose transactions keep the conversions."""
+    member = await Member.get(id=member_id)
+    current = await rules.load(fresh=True)
+    await payments.record_payment(redis=redis, rules=current, appid=member.appid, transaction_id=f"t-exp-{n}",
+                                  out_trade_no=f"o-{n}", openid=member.openid, total_fen=10_000,
+                                  payer_total_fen=10_000, paid_at=when, now=when, tz=TZ)
+    if refunded:
+        await payments.record_refund(rules=current, refund_id=f"r-exp-{n}", transaction_id=f"t-exp-{n}",
+                                     refund_fen=refunded, now=when + timedelta(hours=1))
 
 
-async def test_repurchase_results_against_a_hand_computed_fixture(db):
+async def test_repurchase_results_against_a_hand_computed_fixture(db, redis):
     exp = await experiments.create(body=spec(arms=[
         {"key": "control", "weight": 1, "reward": {"amount_fen": 1000, "valid_days": 7}},
         {"key": "treated", "weight": 1, "reward": {"discount_percent": 90, "valid_days": 7}}]), actor="op", now=NOW)
@@ -158,15 +164,15 @@ async def test_repurchase_results_against_a_hand_computed_fixture(db):
     n = 0
     for m in control[:10]:  # 10 of 100 repurchase within 14 days
         n += 1
-        await _pay(m, at + timedelta(days=3), n)
+        await _pay(redis, m, at + timedelta(days=3), n)
     for m in treated[:20]:  # 20 of 100: one of them twice (counted once)
         n += 1
-        await _pay(m, at + timedelta(days=13, hours=23), n)
-    await _pay(treated[0], at + timedelta(days=1), 999)
+        await _pay(redis, m, at + timedelta(days=13, hours=23), n)
+    await _pay(redis, treated[0], at + timedelta(days=1), 999)
     # not conversions: after 14 days, before the assignment, and a fully refunded order
-    await _pay(control[50], at + timedelta(days=14, seconds=1), 1001)
-    await _pay(control[51], at - timedelta(minutes=1), 1002)
-    await _pay(treated[60], at + timedelta(days=2), 1003, refunded=10_000)
+    await _pay(redis, control[50], at + timedelta(days=14, seconds=1), 1001)
+    await _pay(redis, control[51], at - timedelta(minutes=1), 1002)
+    await _pay(redis, treated[60], at + timedelta(days=2), 1003, refunded=10_000)
     # the treated arm's coupons: 6 redeemed at 10 % of 150 yuan = 15 yuan each → 90 yuan
     for i, m in enumerate(treated[:6]):
         await costs.record(conn=None, kind="coupon", amount_fen=1500, key=f"c:{i}", now=at, member_id=m,
@@ -225,3 +231,29 @@ async def test_redemption_within_the_window_is_the_conversion(db):
     # each redemption's cost is tagged with its arm: the late one costs, though it did not convert
     assert arms["d7"]["cost_fen"] == 1000 * (2 if late else 1) and arms["d3"]["cost_fen"] == 1000
     assert await CostEntry.filter(experiment="validity").count() == (3 if late else 2)
+
+
+@pytest.mark.smoke
+async def test_a_refund_moves_the_conversion_to_the_next_order_or_takes_it_away(db, redis):
+    exp = await experiments.create(body=spec(arms=[
+        {"key": "a", "weight": 1, "reward": {"amount_fen": 1000, "valid_days": 7}},
+        {"key": "b", "weight": 1, "reward": {"amount_fen": 1000, "valid_days": 3}}]), actor="op", now=NOW)
+    m = (await new_members(1))[0]
+    at = NOW + timedelta(hours=1)
+    await experiments.assign(key=exp.key, member_id=m.id, now=at)
+    await _pay(redis, m.id, at + timedelta(days=2), 1)
+    await _pay(redis, m.id, at + timedelta(days=5), 2)
+    stamp = lambda: ExperimentAssignment.get(member_id=m.id).values_list("converted_at", flat=True)  # noqa: E731
+    assert await stamp() == (at + timedelta(days=2)).astimezone(timezone.utc)
+    current = await rules.load(fresh=True)
+    await payments.record_refund(rules=current, refund_id="r-1", transaction_id="t-exp-1", refund_fen=10_000,
+                                 now=at + timedelta(days=6))
+    assert await stamp() == (at + timedelta(days=5)).astimezone(timezone.utc)
+    await payments.record_refund(rules=current, refund_id="r-2a", transaction_id="t-exp-2", refund_fen=4_000,
+                                 now=at + timedelta(days=6))
+    assert await stamp() is not None  # a partial refund leaves a paid order
+    await payments.record_refund(rules=current, refund_id="r-2b", transaction_id="t-exp-2", refund_fen=6_000,
+                                 now=at + timedelta(days=6))
+    assert await stamp() is None
+    got = await experiments.results(key=exp.key, now=at + timedelta(days=30))
+    assert sum(a["conversions"] for a in got["arms"]) == 0

@@ -206,8 +206,10 @@ async def test_dashboard_shows_costs_campaigns_and_experiments(client, chromium,
                  {"key": "b", "weight": 1, "reward": {"amount_fen": 500, "valid_days": 3}}],
         "metric": {"kind": "repurchase", "days": 14}, "horizon_days": 30,
         "starts_at": shanghai(2026, 11, 1, 0, 0).isoformat()}, actor="t", now=shanghai(2026, 11, 1, 0, 0))
+    # converted by the payment of 3 November (the payment path stamps it; here it is set by hand)
     await ExperimentAssignment.create(experiment_id=exp.id, member_id=a.id, arm="b",
-                                      assigned_at=shanghai(2026, 11, 2, 9, 0) - timedelta(hours=1))
+                                      assigned_at=shanghai(2026, 11, 2, 9, 0) - timedelta(hours=1),
+                                      converted_at=shanghai(2026, 11, 3, 9, 0))
     page_url = str(client.make_url("/admin/?from=2026-11-01&to=2026-11-30"))
     async with aiohttp.ClientSession() as http:
         async with http.put(f"http://127.0.0.1:{chromium}/json/new?about:blank") as resp:
