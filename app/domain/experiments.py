@@ -10,6 +10,7 @@ p-value, the sample-ratio check, and the cost of the arm's rewards (cost entries
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from datetime import datetime, timedelta, timezone
@@ -326,9 +327,10 @@ async def results(*, key: str, now: datetime) -> dict:
     the horizon plus those days has passed."""
     exp = await get(key)
     now = now.astimezone(timezone.utc)
-    counts = await _counts(exp, now)
-    cost_rows = await CostEntry.filter(experiment=exp.key).annotate(fen=Sum("amount_fen")) \
-        .group_by("arm").values("arm", "fen")
+    # Two scans, each on its own pooled connection: they run side by side.
+    counts, cost_rows = await asyncio.gather(
+        _counts(exp, now),
+        CostEntry.filter(experiment=exp.key).annotate(fen=Sum("amount_fen")).group_by("arm").values("arm", "fen"))
     cost = {row["arm"]: int(row["fen"] or 0) for row in cost_rows}
     control_n, control_c = counts.get(exp.control, (0, 0))
     arms = []

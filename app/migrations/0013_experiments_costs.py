@@ -82,7 +82,7 @@ class Migration(migrations.Migration):
                 ("created_at", fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
             options={"table": "cost_entry", "app": "models", "pk_attr": "id",
-                     "indexes": [Index(fields=["occurred_at"]), Index(fields=["experiment", "arm"])],
+                     "indexes": [Index(fields=["occurred_at"]), Index(fields=["experiment", "arm", "amount_fen"])],
                      "table_description": "What one consumed benefit cost, once per key."},
             bases=["Model"],
         ),

@@ -23,5 +23,6 @@ class CostEntry(Model):
 
     class Meta:
         table = "cost_entry"
-        indexes = (("occurred_at",), ("experiment", "arm"))
+        # (experiment, arm, amount_fen): an experiment's cost per arm from the index alone
+        indexes = (("occurred_at",), ("experiment", "arm", "amount_fen"))
 
