@@ -5,6 +5,7 @@ from aiohttp import web
 
 from app import keys, resources
 from app.config import Settings
+from app.domain import costs
 from app.domain.clock import Clock
 
 MAX_BODY = 64 * 1024
@@ -27,4 +28,5 @@ def create_app(settings: Settings | None = None) -> web.Application:
 
         app.cleanup_ctx.append(scheduler_ctx)
     routes.setup(app)
+    costs.install()  # the points mall's spends leave cost entries
     return app

@@ -4,8 +4,10 @@ from aiohttp import web
 from handlers import ops
 from handlers.admin import blacklist as admin_blacklist
 from handlers.admin import campaigns as admin_campaigns
+from handlers.admin import costs as admin_costs
 from handlers.admin import coupons as admin_coupons
 from handlers.admin import dashboard as admin_dashboard
+from handlers.admin import experiments as admin_experiments
 from handlers.admin import members as admin_members
 from handlers.admin import metrics as admin_metrics
 from handlers.admin import outbox as admin_outbox
@@ -66,6 +68,11 @@ def setup(app: web.Application) -> None:
     r.add_get("/admin/redemptions", admin_rewards.redemptions)
     r.add_post("/admin/coupons/redeem", admin_coupons.redeem)
     r.add_get("/admin/metrics", admin_metrics.show)
+    r.add_get("/admin/costs", admin_costs.show)
+    r.add_get("/admin/experiments", admin_experiments.listing)
+    r.add_post("/admin/experiments", admin_experiments.create)
+    r.add_post(r"/admin/experiments/{key:[a-z0-9][a-z0-9_-]{0,63}}/enroll", admin_experiments.enroll)
+    r.add_get(r"/admin/experiments/{key:[a-z0-9][a-z0-9_-]{0,63}}/results", admin_experiments.results)
     r.add_get(r"/admin/segments/{name}.csv", admin_segments.export)
     r.add_get("/admin/", admin_dashboard.page)
     r.add_get("/admin/blacklist", admin_blacklist.listing)

@@ -32,6 +32,7 @@ _TABLES = [
     "tier_change", "member", "metrics_day", "metrics_day_stale",
     "wecom_broadcast_send", "wecom_broadcast", "wecom_contact", "wecom_steward", "wecom_tag",
     "task_completion", "share_claim_identity", "share_claim", "share_day", "share_link", "campaign", "wakeup",
+    "cost_entry", "experiment_assignment", "experiment", "tier_trial",
 ]
 
 

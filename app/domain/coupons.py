@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from app.domain import blacklist, members
+from app.domain import blacklist, costs, members
 from app.errors import Conflict, NotFound
 from app.models import AuditLog, Coupon, CouponTemplate, Member
 
@@ -121,9 +121,10 @@ async def of_member(*, member_id: int, limit: int = 200) -> list[Coupon]:
         .prefetch_related("template")
 
 
-async def redeem(*, code: str, operator: str, now: datetime) -> Coupon:
+async def redeem(*, code: str, operator: str, now: datetime, order_fen: int | None = None) -> Coupon:
     """Staff redeem (核销) a coupon by code, once: 404 coupon_not_found, 409 coupon_used / coupon_expired,
-    403 blacklisted when its member is on the blacklist.
+    403 blacklisted when its member is on the blacklist. Its cost entry (face value, or the
+    discount taken on `order_fen`) is written in the same transaction.
 
     The conditional UPDATE (used_at still empty, not expired) checked by its row count decides
     between simultaneous redemptions; the audit row is written in the same transaction.
@@ -143,6 +144,11 @@ async def redeem(*, code: str, operator: str, now: datetime) -> Coupon:
                                   after={"code": code, "used_at": now.isoformat(),
                                          "member_id": coupon.member_id},
                                   using_db=conn)
+            await coupon.fetch_related("template", using_db=conn)
+            await costs.record_coupon(conn=conn, coupon=coupon, now=now, order_fen=order_fen)
+            from app.domain import experiments  # it issues coupons: imported at call time
+
+            await experiments.note_redeemed(conn=conn, coupon_id=coupon.id, now=now)
     coupon = await Coupon.get(id=coupon.id).prefetch_related("template")
     if not updated:
         if coupon.used_at is not None:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 
-from app.domain import antiabuse
+from app.domain import antiabuse, tiers
 from app.domain.clock import business_day
 from app.domain.rules import Rules
 from app.errors import DomainError, Forbidden, InvalidField, NotFound, RateLimited, Unauthenticated, Unavailable
@@ -176,6 +176,8 @@ async def _register(*, redis: Redis, rules: Rules, appid: str, openid: str, unio
             member = await Member.create(appid=appid, openid=openid, unionid=unionid, created_at=now,
                                          last_login_at=now,
                                          device_id=device_id, invite_code=new_invite_code())
+            if await tiers.start_trial(member_id=member.id, rules=rules, now=now):  # 0元升级, when enabled
+                member = await Member.get(id=member.id)
             return member, True
         except IntegrityError:
             # Either the same openid logged in twice at once, or an invite code collided.

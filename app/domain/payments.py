@@ -24,7 +24,7 @@ from tortoise.expressions import F
 from tortoise.functions import Sum
 from tortoise.transactions import in_transaction
 
-from app.domain import points, tiers
+from app.domain import experiments, points, tiers
 from app.domain import rules as rules_module
 from app.domain.rules import Rules
 from app.errors import DomainError
@@ -86,13 +86,18 @@ async def _credit(*, conn: BaseDBAsyncClient, rules: Rules, member_id: int, tran
     growth that UPDATE returned reaches another tier (round trips are the cost here)."""
     if not (earned or growth):
         await Member.filter(id=member_id).using_db(conn).update(last_paid_at=paid_at)
-        return
-    posting = await points.credit(conn=conn, member_id=member_id, amount=int(earned), reason="purchase",
-                                  key=f"pay:{transaction_id}", now=now,
-                                  expiry_months=rules.points.expiry_months, growth=int(growth),
-                                  note=out_trade_no[:255], also={"last_paid_at": paid_at})
-    if growth and rules.tier_for_growth(int(posting.growth or 0)).key != posting.tier:
-        await tiers.follow_growth(conn=conn, member_id=member_id, rules=rules, cause="payment", now=now)
+    else:
+        posting = await points.credit(conn=conn, member_id=member_id, amount=int(earned), reason="purchase",
+                                      key=f"pay:{transaction_id}", now=now,
+                                      expiry_months=rules.points.expiry_months, growth=int(growth),
+                                      note=out_trade_no[:255], also={"last_paid_at": paid_at})
+        if not tiers.variant(rules) and growth and rules.tier_for_growth(int(posting.growth or 0)).key != posting.tier:
+            await tiers.follow_growth(conn=conn, member_id=member_id, rules=rules, cause="payment", now=now)
+    await experiments.note_payment(conn=conn, member_id=member_id)  # A/B repurchase conversions
+    if tiers.variant(rules):
+        # Orders/spend basis or trial tiers: the order counts, and may upgrade a trial, in this transaction.
+        await tiers.after_payment(conn=conn, member_id=member_id, rules=rules, transaction_id=transaction_id,
+                                  paid_at=paid_at, now=now)
 
 
 def award_for(*, rules: Rules, member: Member, payer_total_fen: int, paid_at: datetime,
@@ -374,10 +379,16 @@ async def record_refund(*, rules: Rules, refund_id: str, transaction_id: str, re
                 await points.debit(conn=conn, member_id=row.member_id, amount=take_points, reason="refund",
                                    key=f"refund:{refund_id}", now=now, allow_negative=True, growth=take_growth,
                                    first_lot=lot, note=transaction_id)
-                await tiers.follow_growth(conn=conn, member_id=row.member_id, rules=rules, cause="refund",
-                                          now=now, allow_down=True)
+                if not tiers.variant(rules):
+                    await tiers.follow_growth(conn=conn, member_id=row.member_id, rules=rules, cause="refund",
+                                              now=now, allow_down=True)
             else:
                 take_points = take_growth = 0
+            if row.member_id:
+                await experiments.note_payment(conn=conn, member_id=row.member_id)
+            if row.credited and row.member_id and tiers.variant(rules):
+                await tiers.after_refund(conn=conn, member_id=row.member_id, rules=rules,
+                                         transaction_id=transaction_id, fully_refunded=refunded >= total, now=now)
             await Refund.filter(id=refund.id).using_db(conn).update(points_taken=take_points,
                                                                     growth_taken=take_growth)
             if row.out_trade_no.startswith("rd"):

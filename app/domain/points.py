@@ -24,6 +24,12 @@ from app.errors import InsufficientPoints, NotFound
 from app.models import LedgerEntry, LotUse, Member
 
 
+# Subscribers told of every debit and restore inside its transaction (costs records the points
+# mall's spends): `async (conn, *, member_id, amount, reason, key, debit_key, now)`, debit_key
+# set on a restore. The ledger never imports its consumers; create_app fills this list.
+SPEND_SUBSCRIBERS: list = []
+
+
 @dataclass(frozen=True)
 class Posting:
     """What one ledger call did: the entry, the balance after it, and whether it is new."""
@@ -111,7 +117,8 @@ async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason:
     Without `allow_negative` a debit larger than the balance is 409 insufficient_points. A
     refund passes `allow_negative` (spent points leave the balance negative, never hidden) and
     `first_lot`, the payment's own lot, which gives back first. `keep_lots` records which lots
-    it took (LotUse), for a debit that `restore` may give back.
+    it took (LotUse), for a debit that `restore` may give back. `now` dates what subscribers record
+    (the entry's own time when not given).
     """
     entry = await LedgerEntry.create(
         member_id=member_id, delta=-amount, growth_delta=-growth, reason=reason,
@@ -127,6 +134,9 @@ async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason:
         await card.enqueue(conn=conn, member_id=member_id, entry=entry, now=now)
     await _consume_lots(conn=conn, member_id=member_id, amount=amount, first_lot=first_lot,
                         debit_id=entry.id if keep_lots else None)
+    for subscriber in SPEND_SUBSCRIBERS:
+        await subscriber(conn, member_id=member_id, amount=amount, reason=reason, key=key, debit_key=None,
+                         now=now or entry.created_at)
     metrics.POINTS_SPENT.labels(reason=reason).inc(amount)
     return Posting(entry=entry, balance=int(row["points"]), created=True, growth=int(row["growth"]),
                    tier=row["tier"])
@@ -214,6 +224,9 @@ async def restore(*, conn: BaseDBAsyncClient, member_id: int, debit_key: str, am
         # take that share of remaining back off the live lots.
         await _trim_remaining(conn=conn, member_id=member_id, balance=int(after["points"]))
         row = after
+    for subscriber in SPEND_SUBSCRIBERS:
+        await subscriber(conn, member_id=member_id, amount=amount, reason=reason, key=key, debit_key=debit_key,
+                         now=now)
     metrics.POINTS_ISSUED.labels(reason=reason).inc(amount)
     return Posting(entry=entry, balance=int(row["points"]), created=True, growth=int(row["growth"]),
                    tier=row["tier"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -45,9 +45,22 @@ class Tier(_Section):
     multiplier: float = Field(gt=0, le=100)
 
 
+class TierThresholds(_Section):
+    """Tier by what was paid within the last `window_days`: tier key → the minimum (paid orders, or
+    whole yuan net of refunds); the first tier needs none."""
+
+    window_days: int = Field(365, ge=1, le=1096)
+    thresholds: dict[str, int]
+
+
 class TiersRule(_Section):
     levels: tuple[Tier, ...]
     downgrade_after_months: int = Field(3, ge=1, le=36)
+    # What moves members between tiers (CONTRACT.md "tier basis"): growth value against each
+    # level's floor, or paid orders (seed 000: silver at 5, gold at 15) or spend in a window.
+    basis: Literal["growth", "orders", "spend"] = "growth"
+    orders: TierThresholds = TierThresholds(thresholds={"silver": 5, "gold": 15, "diamond": 40})
+    spend: TierThresholds = TierThresholds(thresholds={"silver": 500, "gold": 5000, "diamond": 20000})
 
     @model_validator(mode="after")
     def _ordered(self) -> "TiersRule":
@@ -58,7 +71,35 @@ class TiersRule(_Section):
             raise ValueError("tier floors must strictly increase")
         if len({t.key for t in self.levels}) != len(self.levels):
             raise ValueError("tier keys must be unique")
+        if self.basis != "growth":
+            # Only the basis in force must fit the levels: the other keeps its last values.
+            chosen = getattr(self, self.basis).thresholds
+            keys = [t.key for t in self.levels[1:]]
+            if set(chosen) != set(keys):
+                raise ValueError(f"{self.basis}.thresholds must name each tier above the first: {', '.join(keys)}")
+            values = [chosen[k] for k in keys]
+            if values != sorted(set(values)) or values[0] < 1:
+                raise ValueError(f"{self.basis}.thresholds must be at least 1 and strictly increase by tier")
         return self
+
+    def threshold_tier(self, value: int) -> "Tier":
+        """The highest level whose threshold (of the basis in force) `value` reaches."""
+        chosen = getattr(self, self.basis).thresholds
+        current = self.levels[0]
+        for level in self.levels[1:]:
+            if level.key in chosen and value >= chosen[level.key]:
+                current = level
+        return current
+
+
+class TrialTierRule(_Section):
+    """0元升级 (seed 000): a new member holds `tier` for `days`; a paid order in them makes it
+    `upgrade_tier`; when the trial ends the tier the rules give. Off out of the box."""
+
+    enabled: bool = False
+    tier: str = "silver"
+    days: int = Field(7, ge=1, le=90)
+    upgrade_tier: str = "gold"
 
 
 class PointsRule(_Section):
@@ -151,6 +192,21 @@ class WakeupRule(_Section):
     window_days: int = Field(14, ge=1, le=366)
 
 
+class CostsRule(_Section):
+    """What benefits cost (seed 000: 权益成本率 5–10 %): points at `fen_per_point` (100 points = 1 yuan),
+    and the band of the benefit cost ratio outside which a month is flagged."""
+
+    fen_per_point: float = Field(1.0, ge=0, le=1000)
+    ratio_low: float = Field(0.05, ge=0, le=10)
+    ratio_high: float = Field(0.10, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _band(self) -> "CostsRule":
+        if self.ratio_low > self.ratio_high:
+            raise ValueError("ratio_low must not exceed ratio_high")
+        return self
+
+
 class Rules(_Section):
     checkin: CheckinRule = CheckinRule()
     makeup: MakeupRule = MakeupRule()
@@ -170,6 +226,19 @@ class Rules(_Section):
     tasks: TasksRule = TasksRule()
     new_member_pack: NewMemberPackRule = NewMemberPackRule()
     wakeup: WakeupRule = WakeupRule()
+    costs: CostsRule = CostsRule()
+    trial_tier: TrialTierRule = TrialTierRule()
+
+    @model_validator(mode="after")
+    def _trial_fits_the_tiers(self) -> "Rules":
+        if self.trial_tier.enabled:
+            keys = [t.key for t in self.tiers.levels]
+            for name in ("tier", "upgrade_tier"):
+                if getattr(self.trial_tier, name) not in keys:
+                    raise ValueError(f"trial_tier.{name} must be one of {', '.join(keys)}")
+            if keys.index(self.trial_tier.upgrade_tier) <= keys.index(self.trial_tier.tier):
+                raise ValueError("trial_tier.upgrade_tier must be above trial_tier.tier")
+        return self
 
     def tier(self, key: str) -> Tier:
         for level in self.tiers.levels:

@@ -201,3 +201,47 @@ async def test_the_link_make_run_prints_signs_the_operator_in(client, chromium):
             assert await tools.js("location.hash") == ""
             assert await tools.js("document.getElementById('login').classList.contains('hidden')")
             tools.reader.cancel()
+
+
+async def test_dashboard_shows_costs_campaigns_and_experiments(client, chromium, clock):
+    from datetime import timedelta
+
+    from app.domain import costs, experiments
+    from app.models import ExperimentAssignment, Payment
+
+    clock.travel_to(shanghai(2026, 11, 20, 12, 0))
+    a = await Member.create(appid="wx", openid="o-g-a", invite_code="ga", created_at=shanghai(2026, 11, 1, 9, 0))
+    await Payment.create(transaction_id="t-g-1", out_trade_no="o1", openid=a.openid, member_id=a.id,
+                         total_fen=100_000, payer_total_fen=100_000, credited=True, paid_at=shanghai(2026, 11, 3, 9, 0))
+    await costs.record(conn=None, kind="coupon", amount_fen=15_000, key="c:g", member_id=a.id, campaign="spring",
+                       now=shanghai(2026, 11, 3, 10, 0))
+    exp = await experiments.create(body={
+        "key": "coupon-ab", "name": "AB", "population": {"segment": "active"},
+        "arms": [{"key": "a", "weight": 1, "reward": {"amount_fen": 500, "valid_days": 7}},
+                 {"key": "b", "weight": 1, "reward": {"amount_fen": 500, "valid_days": 3}}],
+        "metric": {"kind": "repurchase", "days": 14}, "horizon_days": 30,
+        "starts_at": shanghai(2026, 11, 1, 0, 0).isoformat()}, actor="t", now=shanghai(2026, 11, 1, 0, 0))
+    # converted by the payment of 3 November (the payment path stamps it; here it is set by hand)
+    await ExperimentAssignment.create(experiment_id=exp.id, member_id=a.id, arm="b",
+                                      assigned_at=shanghai(2026, 11, 2, 9, 0) - timedelta(hours=1),
+                                      converted_at=shanghai(2026, 11, 3, 9, 0))
+    page_url = str(client.make_url("/admin/?from=2026-11-01&to=2026-11-30"))
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"http://127.0.0.1:{chromium}/json/new?about:blank") as resp:
+            target = await resp.json()
+        async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 * 2**20) as ws:
+            tools = DevTools(ws)
+            await tools.call("Page.navigate", url=page_url)
+            await tools.until("document.readyState === 'complete' && !!document.getElementById('token')")
+            await tools.js(f"sessionStorage.setItem('members-admin-token', {json.dumps(ADMIN_TOKEN)}); location.reload(); true")
+            await tools.until("!!document.body && document.body.dataset.ready === '1'")
+            rows = await tools.js("""(() => Object.fromEntries(['costs', 'campaigns', 'experiments'].map(id =>
+                [id, [...document.querySelectorAll('#' + id + ' tr[data-key]')].map(tr =>
+                    [...tr.querySelectorAll('td')].map(td => td.textContent))])))()""")
+            summary = await tools.js("document.getElementById('costs-summary').dataset.alert")
+            tools.reader.cancel()
+    # 150 yuan of coupons on 1000 yuan of member spend: 15 %, above the 5–10 % band
+    assert rows["costs"] == [["2026-11", "150.00", "1000.00", "15.0%", "high"]] and summary == "alert"
+    assert rows["campaigns"] == [["spring", "150.00", "1", "100.0%"]]
+    assert rows["experiments"][0][:3] == ["a (control)", "0", "0"]
+    assert rows["experiments"][1][:4] == ["b", "1", "1", "100.0%"]
