@@ -123,10 +123,12 @@ async def capped_total(*, member_id: int, day: date) -> int:
 
 
 # The weekly cap of task points (CONTRACT.md "tasks": 200 a Monday-to-Sunday business week),
-# counted by the same script: a counter per member and week, its own `since` (the Monday from
-# which this Redis holds every weekly counter), rebuilt from the ledger when lost.
+# counted by the same script: a counter per member and week tied to the Redis run that wrote
+# it, its own `since` (the Monday from which this Redis holds every weekly counter) and `run`,
+# rebuilt from the ledger when lost or restored from an older snapshot.
 WEEK_CAP_TTL = 9 * 86400
 WEEK_CAP_SINCE = "wcap:since"
+WEEK_CAP_RUN = "wcap:run"
 # The ledger reasons counted under the weekly cap: task points (tasks.py) and share claims (share.py).
 WEEKLY_REASONS = ("task", "share")
 
@@ -146,7 +148,7 @@ async def reserve_weekly_cap(*, redis: Redis, member_id: int, day: date, wanted:
     if wanted <= 0:
         return 0
     monday = week_of(day)
-    keys = (_week_key(member_id, monday), WEEK_CAP_SINCE)
+    keys = (_week_key(member_id, monday), WEEK_CAP_SINCE, WEEK_CAP_RUN)
     args = (wanted, cap, "", WEEK_CAP_TTL, monday.isoformat())
     granted = int(await _reserve_cap(keys=keys, args=args, client=redis))
     if granted == -1:
@@ -161,7 +163,7 @@ async def reserve_weekly_cap(*, redis: Redis, member_id: int, day: date, wanted:
 async def release_weekly_cap(*, redis: Redis, member_id: int, day: date, amount: int) -> None:
     """Give back a weekly reservation whose award did not happen."""
     if amount > 0:
-        await redis.decrby(_week_key(member_id, week_of(day)), amount)
+        await _release_cap(keys=(_week_key(member_id, week_of(day)),), args=(amount,), client=redis)
 
 
 async def weekly_total(*, member_id: int, day: date) -> int:

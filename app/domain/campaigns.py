@@ -100,7 +100,7 @@ async def results(campaign: Campaign) -> dict:
               .values_list("rewarded", "reward_skipped", "n")}
     paid = await LedgerEntry.filter(reason="share", idempotency_key__startswith=f"share:{campaign.id}:").annotate(p=Sum("delta")) \
         .values_list("p", flat=True)
-    used = await Coupon.filter(issue_key__startswith=f"share:{campaign.id}:", used_at__isnull=False).count()
+    used = await Coupon.filter(issue_key__startswith=f"share:{campaign.key}:", used_at__isnull=False).count()
     return {
         "links": await ShareLink.filter(campaign_id=campaign.id).count(),
         "claims": sum(claims.values()),

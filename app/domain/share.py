@@ -111,7 +111,7 @@ async def claim(*, token: str, friend_id: int, now: datetime, tz: ZoneInfo, redi
             if not taken:
                 raise _OutOfStock
             coupon, _ = await coupons.issue(member_id=friend.id, template=campaign.template,
-                                            issue_key=f"share:{campaign.id}:{friend.id}", now=now, conn=conn)
+                                            issue_key=f"share:{campaign.key}:{friend.id}", now=now, conn=conn)
             skipped = None
             if sharer.blacklisted:
                 skipped = "blacklisted"

@@ -143,3 +143,18 @@ async def test_campaign_results_and_audit(db, redis):
         "coupons_claimed": 2, "coupons_used": 0, "points_paid": 40}
     audit = await AuditLog.get(action="campaigns.create")
     assert (audit.actor, audit.after["key"], audit.after["stock"]) == ("ops", "spring", 1000)
+
+
+async def test_a_claimed_coupon_redeemed_is_a_cost_of_its_campaign(db, redis):
+    """The coupon's issue_key names the campaign by its key, which is how costs and experiments
+    find a campaign's coupons."""
+    from app.domain import coupons
+    from app.models import CostEntry
+
+    await campaign(key="autumn")
+    sharer, friend = await member("o-c-sharer"), await member("o-c-friend")
+    link = await share.make_link(member_id=sharer.id, campaign_key="autumn", now=NOW)
+    result = await claim(redis, link, friend)
+    await coupons.redeem(code=result.coupon.code, operator="till", now=NOW, order_fen=10_000)
+    [entry] = await CostEntry.filter(kind="coupon")
+    assert (entry.campaign, entry.amount_fen) == ("autumn", 5_000)  # 5折 of a 100-yuan order
