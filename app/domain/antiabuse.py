@@ -1,7 +1,9 @@
 """Risk control (seed 004: points inflation, bulk registration): daily caps and rate limits.
 
 Counters live in Redis and are updated atomically by Lua scripts; the daily cap is also
-recorded in the ledger (`LedgerEntry.capped_on`), so a Redis restart rebuilds it, never doubles it.
+recorded in the ledger (`LedgerEntry.capped_on`), so a Redis restart rebuilds it, never doubles
+it: empty, or restored from an older snapshot (each counter is tied to the Redis run_id that
+wrote it, and one from another run counts as max(counter, ledger)).
 """
 from __future__ import annotations
 
@@ -15,29 +17,53 @@ from app import metrics
 from app.errors import RateLimited
 from app.models import Blacklist, LedgerEntry
 
-# KEYS[1] the counter, KEYS[2] the day this Redis started counting (cap:since);
-# ARGV: wanted, cap, floor from the ledger ("" if not read yet), ttl, today.
-# A missing counter means "nothing earned yet today" only when this Redis has been counting
-# since before today; otherwise (data lost today) it returns -1 and the caller reads the
-# floor from the ledger. Returns the points granted (0..wanted).
+# KEYS[1] the counter (a hash: v = points reserved, run = run_id of the Redis that counted
+# them), KEYS[2] the day this Redis started counting (cap:since), KEYS[3] the run_id of the Redis
+# that set it (cap:run); ARGV: wanted, cap, floor from the ledger ("" if not read yet), ttl, today.
+# Every restart of Redis gets a new run_id, and a counter is trusted only if this very instance
+# wrote it: one restored from an older snapshot (RDB or AOF) may be behind what was earned since.
+# A counter this instance did not write means "nothing earned yet today" only when it is missing
+# and this instance has been counting since before today; otherwise the script returns -1, the
+# caller reads the floor from the ledger, and the counter becomes max(old counter, ledger).
+# Returns the points granted (0..wanted).
 _RESERVE_CAP = """
-local v = redis.call('GET', KEYS[1])
-if not v then
-  local since = redis.call('GET', KEYS[2])
-  if since and since < ARGV[5] then
-    v = '0'
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local kind = redis.call('TYPE', KEYS[1]).ok
+local v, r = nil, nil
+if kind == 'hash' then
+  v, r = redis.call('HGET', KEYS[1], 'v'), redis.call('HGET', KEYS[1], 'run')
+elseif kind == 'string' then
+  v = redis.call('GET', KEYS[1])  -- a counter of the old form: a floor, not the truth
+  redis.call('DEL', KEYS[1])
+end
+if r ~= run then
+  local since, since_run = redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])
+  if not v and since_run == run and since and since < ARGV[5] then
+    v = 0
   elseif ARGV[3] == '' then
     return -1
   else
-    v = ARGV[3]
-    redis.call('SET', KEYS[2], ARGV[5], 'NX')
+    v = math.max(tonumber(v or 0), tonumber(ARGV[3]))
+    if since_run ~= run then
+      redis.call('SET', KEYS[2], ARGV[5])
+      redis.call('SET', KEYS[3], run)
+    end
   end
-  redis.call('SET', KEYS[1], v, 'EX', ARGV[4])
+  redis.call('HSET', KEYS[1], 'v', v, 'run', run)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 local grant = math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - tonumber(v))
 if grant <= 0 then return 0 end
-redis.call('INCRBY', KEYS[1], grant)
+redis.call('HINCRBY', KEYS[1], 'v', grant)
 return grant
+"""
+
+# Gives back a reservation; a counter of the old form (or none) is left to be rebuilt.
+_RELEASE_CAP = """
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  redis.call('HINCRBY', KEYS[1], 'v', -tonumber(ARGV[1]))
+end
+return 0
 """
 
 # Fixed-window counter: INCR, set the window on first hit, return count and ttl.
@@ -51,11 +77,13 @@ CAP_TTL = 2 * 86400
 # The business day from which this Redis holds every cap counter. Redis must not evict keys
 # (maxmemory-policy noeviction), or a lost counter would reopen a member's cap.
 CAP_SINCE = "cap:since"
+CAP_RUN = "cap:run"
 
 
 # Scripts run by EVALSHA (the server loads them again by itself after a restart); the
 # client is given per call, so these objects are shared by every Redis client.
 _reserve_cap = AsyncScript(None, _RESERVE_CAP.encode())
+_release_cap = AsyncScript(None, _RELEASE_CAP.encode())
 _hit = AsyncScript(None, _HIT.encode())
 
 
@@ -70,7 +98,7 @@ async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, c
     """
     if wanted <= 0:
         return 0
-    keys = (_cap_key(member_id, day), CAP_SINCE)
+    keys = (_cap_key(member_id, day), CAP_SINCE, CAP_RUN)
     today = day.isoformat()
     granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, "", CAP_TTL, today), client=redis))
     if granted == -1:
@@ -84,7 +112,7 @@ async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, c
 async def release_cap(*, redis: Redis, member_id: int, day: date, amount: int) -> None:
     """Give back a reservation whose award did not happen (duplicate, rollback)."""
     if amount > 0:
-        await redis.decrby(_cap_key(member_id, day), amount)
+        await _release_cap(keys=(_cap_key(member_id, day),), args=(amount,), client=redis)
 
 
 async def capped_total(*, member_id: int, day: date) -> int:
