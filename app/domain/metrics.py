@@ -39,6 +39,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pyroaring import BitMap
 from redis.asyncio import Redis
 
 from app.domain import metrics_days
@@ -89,16 +90,16 @@ class Fold:
     def __init__(self) -> None:
         self.new_members: list[dict] = []  # per day: {"date", "count"}
         self.sums = dict.fromkeys(metrics_days.DayFigures.SUMS, 0)
-        self.active = self.checked = self.payers = self.twice = 0
+        self.active, self.checked, self.payers, self.twice = BitMap(), BitMap(), BitMap(), BitMap()
         self.checkins = 0
-        self.runs = [0] * len(STREAK_BUCKETS)
-        self.at_least = [0] * len(STREAK_BUCKETS)
+        self.runs = [BitMap() for _ in STREAK_BUCKETS]
+        self.at_least = [BitMap() for _ in STREAK_BUCKETS]
 
     def add(self, day: metrics_days.DayFigures) -> None:
         today = day.checked_in
         self.runs = [today] + [before & today for before in self.runs[:-1]]
         self.at_least = [seen | now for seen, now in zip(self.at_least, self.runs)]
-        self.checkins += today.bit_count()
+        self.checkins += len(today)
         self.checked |= today
         self.active |= day.active
         self.twice |= day.repeat_payers | (self.payers & day.payers)
@@ -109,7 +110,7 @@ class Fold:
 
     def streaks(self) -> dict[str, int]:
         """Members by their longest run of consecutive check-in days: "1".."6", "7+"."""
-        counts = [bits.bit_count() for bits in self.at_least] + [0]
+        counts = [len(bits) for bits in self.at_least] + [0]
         buckets = {bucket: counts[i] - counts[i + 1] for i, bucket in enumerate(STREAK_BUCKETS[:-1])}
         buckets[STREAK_BUCKETS[-1]] = counts[len(STREAK_BUCKETS) - 1]
         return buckets
@@ -177,7 +178,7 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
     pts = {k: days.sums[k] for k in ("issued", "spent", "expired", "taken_back")}
     issued, used = _int(done["coupons"].get("issued")), _int(done["coupons"].get("used"))
     face_used = _int(done["coupon_value"].get("fen"))
-    payers, repeat = days.payers.bit_count(), days.twice.bit_count()
+    payers, repeat = len(days.payers), len(days.twice)
     spend, refunds = days.sums["spend_fen"], _int(done["refunds"].get("fen"))
     net = spend - refunds
     points_fen = pts["spent"] * fen_per_point
@@ -186,9 +187,9 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
     return {
         "from": first.isoformat(), "to": last.isoformat(), "timezone": tz.key,
         "members": {"total": members, "new": sum(d["count"] for d in new_members),
-                    "active": days.active.bit_count()},
+                    "active": len(days.active)},
         "new_members": new_members,
-        "checkins": {"count": days.checkins, "members": days.checked.bit_count(),
+        "checkins": {"count": days.checkins, "members": len(days.checked),
                      "streaks": days.streaks()},
         "tiers": {"distribution": distribution, "upgraded": moves.get("up", 0),
                   "downgraded": moves.get("down", 0),

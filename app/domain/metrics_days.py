@@ -2,8 +2,10 @@
 
 The distinct counts of a range (active members, members who checked in, payers, their
 streaks and repeat purchases) do not add up day by day, so each day keeps its member sets as
-bitmaps (bit i = member id i): a range's count is the popcount of the OR of its days, and the
-streak distribution is computed from the check-in bitmaps of consecutive days. Sums (points
+compressed (roaring) bitmaps of member ids: a range's count is the cardinality of the union
+of its days, and the streak distribution is computed from the check-in bitmaps of consecutive
+days. A roaring bitmap costs about 2 bytes per member in the set (less for runs of ids), not
+one bit per member of the whole programme, so a day's payload follows that day's activity. Sums (points
 issued / spent / expired / taken back, orders, spend, new members) are kept per day as they are.
 
 A day is built from the source tables (one SQL aggregate each) and stored once it has ended
@@ -23,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Iterable
 from zoneinfo import ZoneInfo
 
+from pyroaring import BitMap
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
@@ -114,13 +117,13 @@ def as_date(value: Any) -> date:
 
 @dataclass
 class DayFigures:
-    """One business day. Member sets are Python ints used as bitmaps (bit i = member i)."""
+    """One business day. Member sets are roaring bitmaps of member ids."""
 
     day: date
-    active: int = 0  # a ledger entry, a check-in or a paid order that day
-    checked_in: int = 0
-    payers: int = 0  # one or more paid orders that day
-    repeat_payers: int = 0  # two or more
+    active: BitMap = field(default_factory=BitMap)  # a ledger entry, a check-in or a paid order that day
+    checked_in: BitMap = field(default_factory=BitMap)
+    payers: BitMap = field(default_factory=BitMap)  # one or more paid orders that day
+    repeat_payers: BitMap = field(default_factory=BitMap)  # two or more
     new_members: int = 0
     orders: int = 0
     spend_fen: int = 0
@@ -133,18 +136,35 @@ class DayFigures:
     SUMS = ("new_members", "orders", "spend_fen", "issued", "spent", "expired", "taken_back")
 
 
-def bitmap(ids: Iterable[int]) -> int:
-    ids = list(ids)
-    if not ids:
-        return 0
-    buf = bytearray((max(ids) >> 3) + 1)
-    for i in ids:
-        buf[i >> 3] |= 1 << (i & 7)
-    return int.from_bytes(buf, "little")
+def bitmap(ids: Iterable[int]) -> BitMap:
+    return BitMap(ids)
 
 
-def _to_bytes(bits: int) -> bytes:
-    return bits.to_bytes((bits.bit_length() + 7) // 8, "little")
+# Stored sets: ROARING + the portable roaring serialisation. The dense form stored before
+# (little-endian bytes, bit i = member i) always starts with an even byte, as there is no
+# member 0, so the odd first byte tells the two apart; migration 0015 has every dense day
+# rebuilt, and one still met (built by a process of the previous release) is converted.
+ROARING = b"\x01"
+
+
+def encode(bits: BitMap) -> bytes:
+    """A member set as stored in metrics_day."""
+    bits = BitMap(bits)
+    bits.run_optimize()  # runs of consecutive ids (members created together) as runs
+    return ROARING + bits.serialize()
+
+
+def decode(data: bytes | None) -> BitMap:
+    """A stored member set, roaring or (from the previous release) dense."""
+    data = bytes(data or b"")
+    if data[:1] == ROARING:
+        return BitMap.deserialize(data[1:])
+    binary = bin(int.from_bytes(data, "little"))[:1:-1]  # bit i at index i
+    ids, at = [], binary.find("1")
+    while at >= 0:
+        ids.append(at)
+        at = binary.find("1", at + 1)
+    return BitMap(ids)
 
 
 def _spans(days: list[date]) -> list[tuple[date, date]]:
@@ -232,7 +252,7 @@ async def _load(tz: ZoneInfo, days: list[date]) -> dict[date, DayFigures]:
     for row in rows:
         figures = DayFigures(row["day"], **{name: int(row[name]) for name in DayFigures.SUMS})
         for name in DayFigures.SETS:
-            setattr(figures, name, int.from_bytes(row[name] or b"", "little"))
+            setattr(figures, name, decode(row[name]))
         loaded[figures.day] = figures
     return loaded
 
@@ -283,7 +303,7 @@ async def build(tz: ZoneInfo, days: list[date], *, wait: float = CALL_WAIT,
                     "UPDATE metrics_day SET built_version = version, built_at = now(),"
                     f" {', '.join(f'{name} = ${n}' for n, name in enumerate(DayFigures.SETS + DayFigures.SUMS, 3))}"
                     " WHERE tz = $1 AND day = $2",
-                    [tz.key, figures.day, *(_to_bytes(getattr(figures, name)) for name in DayFigures.SETS),
+                    [tz.key, figures.day, *(encode(getattr(figures, name)) for name in DayFigures.SETS),
                      *(getattr(figures, name) for name in DayFigures.SUMS)])
             built += len(todo)
         advance(len(batch))

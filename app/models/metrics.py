@@ -5,8 +5,8 @@ from tortoise.models import Model
 class MetricsDay(Model):
     """One business day's figures, pre-aggregated for GET /admin/metrics (app/domain/metrics_days.py).
 
-    Member sets are bitmaps (bit i = member i, little-endian bytes), so distinct counts over
-    any range are ORs and popcounts. A row is current while built_version == version: on
+    Member sets are roaring bitmaps of member ids (metrics_days.encode), so distinct counts
+    over any range are unions and cardinalities. A row is current while built_version == version: on
     PostgreSQL, triggers on ledger_entry, checkin, payment and member bump `version` of the
     days a late write lands on (migration 0005), so it is rebuilt before it is read again.
     """
