@@ -8,6 +8,8 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from app import db, keys
 from app.domain import rules
@@ -34,6 +36,16 @@ async def start_embedded_redis(data_dir) -> tuple[object, str]:
     return server, f"unix://{server.socket_file}"
 
 
+def connect_redis(url: str, *, cluster: bool = False, decode_responses: bool = True) -> Redis | RedisCluster:
+    """The app's Redis client: one server, or (REDIS_CLUSTER=1) a cluster found from the node in url.
+
+    A cluster client must be initialised (`await client.initialize()`) before concurrent use:
+    redis-py's lazy first initialisation races with commands already in flight on its nodes.
+    """
+    cls = RedisCluster if cluster else Redis
+    return cls.from_url(url, decode_responses=decode_responses, health_check_interval=30)
+
+
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.settings_key]
     embedded = None
@@ -41,7 +53,13 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if not url:
         embedded, url = await start_embedded_redis(settings.data_dir)
         log.info("embedded redis started", extra={"fields": {"redis": url}})
-    client = Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    client = connect_redis(url, cluster=settings.redis_cluster)
+    if settings.redis_cluster:
+        try:
+            await client.initialize()
+        except (RedisError, RedisClusterException, OSError) as exc:
+            # Start anyway: /healthz says Redis is down, and the client initialises on first use.
+            log.warning("redis cluster not reachable at start", extra={"fields": {"error": repr(exc)}})
     app[keys.redis_key] = client
     yield
     await client.aclose()
