@@ -33,4 +33,6 @@ clock_key = web.AppKey("clock", object)
 pay_verifier_key = web.AppKey("pay_verifier", object)
 # 企业微信 customer contact (app.wechat.wecom.WeComClient), None when WeCom is off.
 wecom_key = web.AppKey("wecom", object)
+# The read replica (DATABASE_REPLICA_URL) as a Tortoise client, for admin reads; None: the primary.
+replica_key = web.AppKey("replica", object)
 client_ip_key = web.RequestKey("client_ip", str)

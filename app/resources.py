@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import AsyncIterator
 
@@ -21,7 +22,10 @@ async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.settings_key]
     if settings.database_url.startswith("sqlite://"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with db.orm(settings.database_url):
+    async with db.orm(settings.database_url), contextlib.AsyncExitStack() as stack:
+        # Admin reads go to the replica when there is one (None: they use the primary).
+        app[keys.replica_key] = (await stack.enter_async_context(db.replica(settings.database_replica_url))
+                                 if settings.database_replica_url else None)
         rules.forget()
         yield
 

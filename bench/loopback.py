@@ -91,3 +91,42 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_postgres(*args: str, **kw) -> subprocess.CompletedProcess:
+    """PostgreSQL's tools refuse to run as root: run them as the postgres OS user when we are root."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, *args], check=True, capture_output=True, text=True, **kw)
+
+
+@contextlib.contextmanager
+def pg_replica() -> Iterator[tuple[str, str]]:
+    """A private PostgreSQL primary and a streaming replica of it (`pg_basebackup -R`), each on
+    a free loopback port; yields (primary URL, replica URL) of their `postgres` database."""
+    folder = Path(tempfile.mkdtemp(prefix="pg-replica-"))
+    os.chmod(folder, 0o755)
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    primary, replica = folder / "primary", folder / "replica"
+    ports = free_ports(2)
+    started: list[Path] = []
+    try:
+        _as_postgres(str(PG_BIN / "initdb"), "-D", str(primary), "-U", "postgres", "--auth=trust",
+                     "-E", "UTF8", "--no-sync")
+        with open(primary / "postgresql.conf", "a") as conf:
+            conf.write("wal_level = replica\nmax_wal_senders = 4\nfsync = off\nfull_page_writes = off\n")
+        with open(primary / "pg_hba.conf", "a") as hba:
+            hba.write("host replication postgres 127.0.0.1/32 trust\n")
+        for data, port in ((primary, ports[0]), (replica, ports[1])):
+            if data is replica:
+                _as_postgres(str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(ports[0]),
+                             "-U", "postgres", "-D", str(replica), "-R", "-X", "stream", timeout=120)
+            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(folder / f"{data.name}.log"),
+                         "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start", timeout=90)
+            started.append(data)
+        yield tuple(f"postgres://postgres@127.0.0.1:{port}/postgres" for port in ports)  # type: ignore[misc]
+    finally:
+        for data in reversed(started):
+            with contextlib.suppress(subprocess.SubprocessError):
+                _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop", timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -124,22 +124,22 @@ async def fold(days) -> Fold:
 
 
 async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str, ...],
-                  fen_per_point: int = 1, now: datetime | None = None) -> dict:
+                  fen_per_point: int = 1, now: datetime | None = None, reads: Any = None) -> dict:
     """Every metric of the range `first`..`last` (business days of `tz`), as of `now`.
 
     `tier_keys` are the tiers in ascending order (rules.tiers.levels), which says whether a
     tier change went up or down. Per-day figures come from app/domain/metrics_days.py; the
-    rest are aggregates over the range's rows.
+    rest are aggregates over the range's rows, read from `reads` (the replica) if given.
     """
     now = now or datetime.now(timezone.utc)
     start, end = day_start(first, tz), day_start(last + timedelta(days=1), tz)
-    sql = metrics_days.RangeSql(tz)
+    sql = metrics_days.RangeSql(tz, reads=reads)
     s, e = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
 
     # Tier keys are inlined: rules.TiersRule validates them as ^[a-z][a-z0-9_]{0,15}$.
     rank = " ".join(f"WHEN '{key}' THEN {i}" for i, key in enumerate(tier_keys) if key.isidentifier())
     queries = {
-        "days": fold(metrics_days.figures(first=first, last=last, tz=tz, now=now)),
+        "days": fold(metrics_days.figures(first=first, last=last, tz=tz, now=now, reads=reads)),
         # The current tiers (an index-only count), and the members created after the range.
         "tiers": sql.rows("SELECT tier, COUNT(*) AS n FROM member GROUP BY tier"),
         "later": sql.one(f"SELECT COUNT(*) AS n FROM member WHERE {sql.ts('created_at')} >= $1", e),
@@ -214,7 +214,7 @@ def cache_key(*, first: date, last: date, fen_per_point: int) -> str:
 
 
 async def cached(*, redis: Redis, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str, ...],
-                 fen_per_point: int = 1, now: datetime) -> dict:
+                 fen_per_point: int = 1, now: datetime, reads: Any = None) -> dict:
     """`compute`, served from Redis for 60 s per (range, fen_per_point); `generated_at` says when.
 
     On a miss one caller computes (a short Redis lock) while the others wait for its result,
@@ -232,7 +232,7 @@ async def cached(*, redis: Redis, first: date, last: date, tz: ZoneInfo, tier_ke
         return json.loads(hit)
     try:
         result = await compute(first=first, last=last, tz=tz, tier_keys=tier_keys,
-                               fen_per_point=fen_per_point, now=now)
+                               fen_per_point=fen_per_point, now=now, reads=reads)
         result["generated_at"] = now.astimezone(tz).isoformat()
         await redis.set(key, json.dumps(result), ex=CACHE_SECONDS)
     finally:

@@ -51,10 +51,12 @@ class RangeSql:
     """Raw SQL with $1..$n placeholders on PostgreSQL, and the same text on SQLite (?1..?n).
 
     Without `tx`, each query runs on a pooled connection of its own (so they run side by
-    side); with it, inside that transaction."""
+    side), on `reads` (the replica: admin reads) if given, else the primary; with `tx`, inside
+    that transaction (a build's, on the primary)."""
 
-    def __init__(self, tz: ZoneInfo, tx: Any = None) -> None:
-        self.conn = tx or connections.get("default")
+    def __init__(self, tz: ZoneInfo, tx: Any = None, reads: Any = None) -> None:
+        self.conn = tx or reads or connections.get("default")
+        self.reads = None if tx is not None else reads
         self.tx = tx
         self.pg = connections.get("default").capabilities.dialect == "postgres"
         self.tz = tz
@@ -92,6 +94,8 @@ class RangeSql:
             return await self.conn.execute_query_dict(sql, [_sqlite_value(p) for p in params])
         if self.tx is not None:
             return await self.tx.execute_query_dict(sql, list(params))
+        if self.reads is not None:  # the replica's sessions have these settings (db.REPLICA_SETTINGS)
+            return await self.reads.execute_query_dict(sql, list(params))
         async with in_transaction() as tx:  # a transaction only to scope the settings
             await tx.execute_script(PG_SETTINGS)
             return await tx.execute_query_dict(sql, list(params))
@@ -241,11 +245,12 @@ async def compute_days(sql: RangeSql, days: list[date]) -> dict[date, DayFigures
     return found
 
 
-async def _load(tz: ZoneInfo, days: list[date]) -> dict[date, DayFigures]:
-    """The current (built_version == version) stored days among `days`."""
+async def _load(tz: ZoneInfo, days: list[date], reads: Any = None) -> dict[date, DayFigures]:
+    """The current (built_version == version) stored days among `days`, from `reads` (the
+    replica) if given: a day it has not received yet is then computed instead."""
     if not days:
         return {}
-    rows = await connections.get("default").execute_query_dict(
+    rows = await (reads or connections.get("default")).execute_query_dict(
         f"SELECT day, {', '.join(DayFigures.SETS + DayFigures.SUMS)} FROM metrics_day"
         " WHERE tz = $1 AND day = ANY($2::date[]) AND built_version = version", [tz.key, days])
     loaded = {}
@@ -322,10 +327,12 @@ async def _current(tz: ZoneInfo, days: list[date]) -> set[date]:
     return {row["day"] for row in rows}
 
 
-async def figures(*, first: date, last: date, tz: ZoneInfo, now: datetime) -> AsyncIterator[DayFigures]:
+async def figures(*, first: date, last: date, tz: ZoneInfo, now: datetime,
+                  reads: Any = None) -> AsyncIterator[DayFigures]:
     """Every day of `first`..`last`, in order: stored where current, built and stored where it
     can be, computed from the source tables otherwise. A month is read at a time, so a year's
-    range holds a month of bitmaps in memory, not a year of them."""
+    range holds a month of bitmaps in memory, not a year of them. Which days to build is
+    decided, and built, on the primary; the days are read from `reads` (the replica) if given."""
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     pg = connections.get("default").capabilities.dialect == "postgres"
     if pg:
@@ -335,10 +342,10 @@ async def figures(*, first: date, last: date, tz: ZoneInfo, now: datetime) -> As
             await build(tz, missing)
     for i in range(0, len(days), CHUNK_DAYS):
         chunk = days[i:i + CHUNK_DAYS]
-        found = await _load(tz, chunk) if pg else {}
+        found = await _load(tz, chunk, reads) if pg else {}
         rest = [day for day in chunk if day not in found]
         if rest:
-            found.update(await compute_days(RangeSql(tz), rest))
+            found.update(await compute_days(RangeSql(tz, reads=reads), rest))
         for day in chunk:
             yield found[day]
 
