@@ -5,8 +5,9 @@ streaks and repeat purchases) do not add up day by day, so each day keeps its me
 compressed (roaring) bitmaps of member ids: a range's count is the cardinality of the union
 of its days, and the streak distribution is computed from the check-in bitmaps of consecutive
 days. A roaring bitmap costs about 2 bytes per member in the set (less for runs of ids), not
-one bit per member of the whole programme, so a day's payload follows that day's activity. Sums (points
-issued / spent / expired / taken back, orders, spend, new members) are kept per day as they are.
+one bit per member of the whole programme, so a day's payload follows that day's activity.
+Sums (points issued / spent / expired / taken back, orders, spend, new members) are kept per
+day as they are.
 
 A day is built from the source tables (one SQL aggregate each) and stored once it has ended
 (GRACE after midnight). It stays exact afterwards because PostgreSQL triggers (migration
