@@ -98,7 +98,8 @@ class Fold:
     def add(self, day: metrics_days.DayFigures) -> None:
         today = day.checked_in
         self.runs = [today] + [before & today for before in self.runs[:-1]]
-        self.at_least = [seen | now for seen, now in zip(self.at_least, self.runs)]
+        for seen, run in zip(self.at_least, self.runs):
+            seen |= run  # in place: each at_least[k] is a bitmap of its own
         self.checkins += len(today)
         self.checked |= today
         self.active |= day.active
