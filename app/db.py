@@ -1,12 +1,16 @@
-"""Tortoise configuration, from the DATABASE_URL of the settings."""
+"""Tortoise configuration, from the DATABASE_URL of the settings; the read replica of
+DATABASE_REPLICA_URL (`replica`), for admin reads only."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from typing import AsyncIterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tortoise import Tortoise, connections
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.backends.base.config_generator import expand_db_url
 
 # asyncpg's pool in Tortoise defaults to 5 connections: too few for 64 concurrent requests
 # per worker. Several workers × this must stay under PostgreSQL's max_connections (100).
@@ -72,6 +76,44 @@ async def orm(database_url: str, statement_timeout: float | None = None) -> Asyn
         for conn in opened:
             await conn.close()
         await Tortoise.close_connections()
+
+
+# Admin reads scan months of rows: the 4 MB default work_mem makes their sorts spill to disk,
+# and JIT compiling buys nothing on scans this short (the primary sets these per transaction).
+REPLICA_SETTINGS = {"jit": "off", "work_mem": "64MB"}
+
+
+@contextlib.asynccontextmanager
+async def replica(url: str) -> AsyncIterator[BaseDBAsyncClient]:
+    """A Tortoise client on the read replica, for the length of the block.
+
+    It is not one of Tortoise's named connections (with two, every unnamed `in_transaction()`
+    would have to name one): admin read functions take it as their `reads` argument, and
+    writes, and reads that decide a write, never see it."""
+    info = expand_db_url(with_pool(url))
+    if not info["engine"].endswith("asyncpg"):
+        raise ValueError("DATABASE_REPLICA_URL must be a PostgreSQL URL")
+    client_class = importlib.import_module(info["engine"]).client_class
+    client = client_class(connection_name="replica", server_settings=dict(REPLICA_SETTINGS),
+                          **info["credentials"])
+    await client.create_connection(with_db=True)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+# How far behind the primary the replica's data is: 0 when it has replayed everything it was
+# sent (an idle primary sends nothing, so the last replayed commit may be old without any lag).
+REPLICA_LAG = (
+    "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+    " ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END AS lag")
+
+
+async def replica_lag_seconds(reads: BaseDBAsyncClient) -> float:
+    """Seconds of commits the replica has received but not replayed yet."""
+    rows = await reads.execute_query_dict(REPLICA_LAG)
+    return round(float(rows[0]["lag"] or 0), 3)
 
 
 # For the `tortoise` CLI (makemigrations) during development.

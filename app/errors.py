@@ -1,6 +1,10 @@
 """Domain errors. One middleware maps them to CONTRACT.md's envelope; the OA router to a text reply."""
 from __future__ import annotations
 
+import asyncpg
+from redis import exceptions as redis_errors
+from tortoise.exceptions import DBConnectionError, IntegrityError
+
 
 class DomainError(Exception):
     """A rule said no. `code` is the snake_case code of the error envelope."""
@@ -67,15 +71,12 @@ def dependency_failed(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it) is PostgreSQL or Redis being unreachable, dropping the
     connection, restarting or too slow: a 503 worth retrying, not a bug. Integrity errors and
     bad SQL are not."""
-    import asyncpg
-    from redis import exceptions as redis_errors
-    from tortoise.exceptions import DBConnectionError, IntegrityError
-
     seen = 0
     while exc is not None and seen < 8:
         if isinstance(exc, IntegrityError):
             return False
         if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError,
+                            redis_errors.RedisClusterException, redis_errors.ClusterDownError,
                             DBConnectionError, TimeoutError, OSError,
                             asyncpg.PostgresConnectionError, asyncpg.QueryCanceledError,
                             asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -15,7 +16,8 @@ if TYPE_CHECKING:
     from app.wechat.pay_client import PayClient
 
 settings_key = web.AppKey("settings", "Settings")
-redis_key = web.AppKey("redis", Redis)
+# One Redis server, or a Redis Cluster (REDIS_CLUSTER=1): the app uses only what both offer.
+redis_key = web.AppKey("redis", Redis | RedisCluster)
 http_key = web.AppKey("http", aiohttp.ClientSession)
 wechat_key = web.AppKey("wechat", "WeChatClient")
 # The official account has its own appid/secret, hence its own client (menu, card, custom messages).
@@ -31,4 +33,6 @@ clock_key = web.AppKey("clock", object)
 pay_verifier_key = web.AppKey("pay_verifier", object)
 # 企业微信 customer contact (app.wechat.wecom.WeComClient), None when WeCom is off.
 wecom_key = web.AppKey("wecom", object)
+# The read replica (DATABASE_REPLICA_URL) as a Tortoise client, for admin reads; None: the primary.
+replica_key = web.AppKey("replica", object)
 client_ip_key = web.RequestKey("client_ip", str)

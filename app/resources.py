@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 from app import db, keys
 from app.domain import rules
@@ -22,7 +25,11 @@ async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.settings_key]
     if settings.database_url.startswith("sqlite://"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with db.orm(settings.database_url, statement_timeout=settings.db_statement_timeout):
+    async with db.orm(settings.database_url, statement_timeout=settings.db_statement_timeout), \
+            contextlib.AsyncExitStack() as stack:
+        # Admin reads go to the replica when there is one (None: they use the primary).
+        app[keys.replica_key] = (await stack.enter_async_context(db.replica(settings.database_replica_url))
+                                 if settings.database_replica_url else None)
         rules.forget()
         yield
 
@@ -37,13 +44,23 @@ async def start_embedded_redis(data_dir) -> tuple[object, str]:
     return server, f"unix://{server.socket_file}"
 
 
-def redis_client(url: str, *, timeout: float) -> Redis:
-    """A Redis client whose every command (and connect) gives up after `timeout` seconds. A
-    dropped connection (Redis restarted) is retried once at once; a timeout is not retried, so a
-    black-holed Redis costs a request about `timeout`, never more than twice that."""
-    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-    return Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_timeout=timeout,
-                          socket_connect_timeout=timeout, retry=retry)
+def connect_redis(url: str, *, cluster: bool = False, timeout: float | None = None,
+                  decode_responses: bool = True) -> Redis | RedisCluster:
+    """The app's Redis client: one server, or (REDIS_CLUSTER=1) a cluster found from the node in url.
+
+    With `timeout`, every command (and connect) gives up after that many seconds. A dropped
+    connection (Redis restarted) is retried once at once; a timeout is not retried, so a
+    black-holed Redis costs a request about `timeout`, never more than twice that.
+    A cluster client must be initialised (`await client.initialize()`) before concurrent use:
+    redis-py's lazy first initialisation races with commands already in flight on its nodes.
+    """
+    options: dict = {"decode_responses": decode_responses}
+    if timeout is not None:
+        options.update(socket_timeout=timeout, socket_connect_timeout=timeout,
+                       retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return Redis.from_url(url, health_check_interval=30, **options)
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -53,7 +70,13 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if not url:
         embedded, url = await start_embedded_redis(settings.data_dir)
         log.info("embedded redis started", extra={"fields": {"redis": url}})
-    client = redis_client(url, timeout=settings.redis_timeout)
+    client = connect_redis(url, cluster=settings.redis_cluster, timeout=settings.redis_timeout)
+    if settings.redis_cluster:
+        try:
+            await client.initialize()
+        except (RedisError, RedisClusterException, OSError) as exc:
+            # Start anyway: /healthz says Redis is down, and the client initialises on first use.
+            log.warning("redis cluster not reachable at start", extra={"fields": {"error": repr(exc)}})
     app[keys.redis_key] = client
     yield
     await client.aclose()

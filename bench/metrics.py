@@ -8,11 +8,13 @@ pre-aggregated yet (metrics_day emptied, so the call builds the 30 days itself),
 metrics_days job that pre-aggregates the rest of the year (`python -m app jobs run
 metrics_days`, hourly in production), then ~20 cold calls (the Redis cache key deleted before
 each, so every call runs its SQL) and ~20 cached ones; target p50 under 500 ms cold. Also
-times the rfm_segments job (`python -m app jobs run rfm_segments`).
+times the rfm_segments job (`python -m app jobs run rfm_segments`), and prints the payload of a
+stored day (the bytes of its four member sets, roaring bitmaps).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379/0 \\
         .venv/bin/python -m bench.metrics                # full scale, a few minutes
         .venv/bin/python -m bench.metrics --members 100000 --ledger 1000000
+        .venv/bin/python -m bench.metrics --members 10000000 --ledger 100000000 --keep bench_10m
         .venv/bin/python -m bench.metrics --keep bench_metrics_kept   # seed once, reuse after
 
 With --keep NAME the database NAME is seeded on the first run, kept, and reused (not
@@ -38,6 +40,11 @@ import aiohttp
 from bench import harness
 
 TOKEN = "bench-admin-token"
+# What a stored day weighs: the bytes of its four member sets (app/domain/metrics_days.encode).
+PAYLOAD = (
+    "SELECT COUNT(*) AS days, COALESCE(AVG(b), 0) AS mean, COALESCE(MAX(b), 0) AS max FROM ("
+    " SELECT octet_length(active) + octet_length(checked_in) + octet_length(payers)"
+    " + octet_length(repeat_payers) AS b FROM metrics_day WHERE built_version = version) AS d")
 CHUNK = 250_000
 TIERS = (("regular", 70), ("silver", 20), ("gold", 8), ("diamond", 2))
 SEEDED = ("member", "ledger_entry", "checkin", "payment", "refund", "tier_change", "coupon",
@@ -259,6 +266,8 @@ async def main(args: argparse.Namespace) -> int:
             await redis.aclose()
 
         rfm_s, rfm_ok = await _job("rfm_segments", env)
+        async with harness.pg_connection(database_url) as conn:
+            payload = await conn.fetchrow(PAYLOAD)
 
     print(f"\nGET /admin/metrics {first}..{last} ({args.days} days), {args.calls} calls each")
     print(f"{'':<24}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}")
@@ -267,6 +276,8 @@ async def main(args: argparse.Namespace) -> int:
         print(f"{label:<24}{statistics.median(values):>10.1f}{_pct(values, 0.95):>10.1f}{max(values):>10.1f}")
     print(f"metrics_days job (the other days of the year): {days_s:.1f} s ({'ok' if days_ok else 'FAILED'})")
     print(f"rfm_segments job: {rfm_s:.1f} s ({'ok' if rfm_ok else 'FAILED'})")
+    print(f"payload per stored day ({payload['days']} days, its 4 member sets): mean {float(payload['mean']) / 1024:,.1f} KiB,"
+          f" max {float(payload['max']) / 1024:,.1f} KiB")
     met = statistics.median(cold) < 500
     print(f"target cold p50 < 500 ms: {'met' if met else 'NOT met'}; total bench time {time.perf_counter() - began:.0f} s")
     return 0 if met and rfm_ok and days_ok else 1

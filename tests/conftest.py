@@ -4,6 +4,9 @@ server on loopback that the client code talks to.
 
 Each test run gets a fresh database of its own (created from DATABASE_URL's server, dropped
 at the end) and a Redis database number of its own, so runs can share one machine.
+
+With REDIS_CLUSTER=1 (the third pass of `make test`) the run starts a 3-master Redis Cluster
+of its own on free loopback ports and keeps only the tests that use Redis.
 """
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ from app.config import Settings
 from app.db import orm
 from app.domain import rules
 from bench.harness import claim_redis, flush_redis, pg_admin
+
+CLUSTER = os.environ.get("REDIS_CLUSTER") == "1"
+# A test that asks for one of these talks to Redis (the app, or the client itself).
+_REDIS_FIXTURES = {"redis", "redis_url", "client", "settings", "oa_wechat"}
 
 ADMIN_TOKEN = "test-admin-token"
 MP_APPID = "wx-test-mp"
@@ -42,6 +49,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "sqlite: SQLite's own behaviour (deselected, not skipped, on PostgreSQL)")
     config.addinivalue_line("markers", "faults: the fault suite (private servers killed and restarted); "
                             "PostgreSQL pass only (deselected, not skipped, on SQLite)")
+    config.addinivalue_line("markers", "standalone_redis: one Redis server's own behaviour "
+                                       "(deselected, not skipped, in the Redis Cluster pass)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -49,8 +58,10 @@ def pytest_collection_modifyitems(config, items):
     kept, dropped = [], []
     postgres = other == "sqlite"
     for item in items:
-        faults_elsewhere = item.get_closest_marker("faults") and not postgres
-        (dropped if item.get_closest_marker(other) or faults_elsewhere else kept).append(item)
+        off = item.get_closest_marker(other) or (item.get_closest_marker("faults") and not postgres) or (
+            CLUSTER and (item.get_closest_marker("standalone_redis") or item.get_closest_marker("faults")
+                         or not _REDIS_FIXTURES & set(item.fixturenames)))
+        (dropped if off else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
@@ -87,7 +98,13 @@ def data_dir():
 @pytest.fixture(scope="session")
 def redis_url(data_dir):
     base = os.environ.get("REDIS_URL")
-    if base:
+    if CLUSTER:
+        from bench.loopback import redis_cluster
+
+        # A cluster has only database 0: this run's cluster is its own, so flushing it is safe.
+        with redis_cluster() as url:
+            yield url
+    elif base:
         url = asyncio.run(claim_redis(base, owner=str(os.getpid()), numbers=range(1, 16)))
         yield url
         asyncio.run(flush_redis(url))
@@ -101,8 +118,6 @@ def redis_url(data_dir):
 
 async def reset_state(redis_url: str) -> None:
     """Empty every table but the rules (reset to the seeded defaults) and this run's Redis db."""
-    from redis.asyncio import Redis
-
     conn = connections.get("default")
     if conn.capabilities.dialect == "postgres":
         await conn.execute_script(f"TRUNCATE TABLE {', '.join(_TABLES)} RESTART IDENTITY CASCADE")
@@ -116,12 +131,23 @@ async def reset_state(redis_url: str) -> None:
     for key, value in rules.defaults().items():
         await Rule.create(key=key, value=value)
     rules.forget()
-    client = Redis.from_url(redis_url)
+    client = await redis_client(redis_url, decode_responses=False)
     try:
-        await client.flushdb()
+        await client.flushdb()  # on a cluster: every master
         await client.set("members-test:claim", os.getpid(), ex=3600)
     finally:
         await client.aclose()
+
+
+async def redis_client(url: str, *, decode_responses: bool = True):
+    """A client for this run's Redis: one server, or the cluster in the REDIS_CLUSTER=1 pass
+    (initialised before use, as the app does: see app.resources.connect_redis)."""
+    from app.resources import connect_redis
+
+    client = connect_redis(url, cluster=CLUSTER, decode_responses=decode_responses)
+    if CLUSTER:
+        await client.initialize()
+    return client
 
 
 @pytest.fixture
@@ -134,9 +160,7 @@ async def db(migrated, redis_url):
 
 @pytest.fixture
 async def redis(redis_url):
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(redis_url, decode_responses=True)
+    client = await redis_client(redis_url)
     yield client
     await client.aclose()
 
@@ -159,7 +183,7 @@ def sim_state(simulator):
 @pytest.fixture
 def settings(migrated, redis_url, simulator, data_dir):
     return Settings(
-        database_url=migrated, redis_url=redis_url, data_dir=data_dir,
+        database_url=migrated, redis_url=redis_url, redis_cluster=CLUSTER, data_dir=data_dir,
         wechat_api_base=str(simulator.make_url("")).rstrip("/"),
         mp_appid=MP_APPID, mp_secret=MP_SECRET, admin_token=ADMIN_TOKEN, log_level="WARNING",
     )

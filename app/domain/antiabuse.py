@@ -18,8 +18,9 @@ from app.errors import RateLimited
 from app.models import Blacklist, LedgerEntry
 
 # KEYS[1] the counter (a hash: v = points reserved, run = run_id of the Redis that counted
-# them), KEYS[2] the day this Redis started counting (cap:since), KEYS[3] the run_id of the Redis
-# that set it (cap:run); ARGV: wanted, cap, floor from the ledger ("" if not read yet), ttl, today.
+# them), KEYS[2] the day this Redis started counting the counter's shard (cap:since), KEYS[3] the
+# run_id of the Redis that set it (cap:run), all three in one slot;
+# ARGV: wanted, cap, floor from the ledger ("" if not read yet), ttl, today.
 # Every restart of Redis gets a new run_id, and a counter is trusted only if this very instance
 # wrote it: one restored from an older snapshot (RDB or AOF) may be behind what was earned since.
 # A counter this instance did not write means "nothing earned yet today" only when it is missing
@@ -74,10 +75,25 @@ return {n, redis.call('TTL', KEYS[1])}
 """
 
 CAP_TTL = 2 * 86400
-# The business day from which this Redis holds every cap counter. Redis must not evict keys
-# (maxmemory-policy noeviction), or a lost counter would reopen a member's cap.
-CAP_SINCE = "cap:since"
-CAP_RUN = "cap:run"
+# The business day from which this Redis holds every cap counter, and the run_id of the Redis
+# that set it. Redis must not evict keys (maxmemory-policy noeviction), or a lost counter would
+# reopen a member's cap. On a Redis Cluster each node has its own run_id and loses or restores
+# its own slots, so both markers are kept per shard, in the slot of the counters they vouch for:
+# a member's counter and its shard's markers share a hash tag, and the script touches one slot.
+CAP_SHARDS = 1024
+
+
+def cap_shard(member_id: int) -> str:
+    """The hash tag of a member's cap counters and of the markers that vouch for them."""
+    return "{cap:%d}" % (member_id % CAP_SHARDS)
+
+
+def cap_since_key(member_id: int) -> str:
+    return f"cap:since:{cap_shard(member_id)}"
+
+
+def cap_run_key(member_id: int) -> str:
+    return f"cap:run:{cap_shard(member_id)}"
 
 
 # Scripts run by EVALSHA (the server loads them again by itself after a restart); the
@@ -87,8 +103,8 @@ _release_cap = AsyncScript(None, _RELEASE_CAP.encode())
 _hit = AsyncScript(None, _HIT.encode())
 
 
-def _cap_key(member_id: int, day: date) -> str:
-    return f"cap:{member_id}:{day.isoformat()}"
+def cap_key(member_id: int, day: date) -> str:
+    return f"cap:{cap_shard(member_id)}:{member_id}:{day.isoformat()}"
 
 
 async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, cap: int) -> int:
@@ -98,7 +114,7 @@ async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, c
     """
     if wanted <= 0:
         return 0
-    keys = (_cap_key(member_id, day), CAP_SINCE, CAP_RUN)
+    keys = (cap_key(member_id, day), cap_since_key(member_id), cap_run_key(member_id))
     today = day.isoformat()
     granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, "", CAP_TTL, today), client=redis))
     if granted == -1:
@@ -112,7 +128,7 @@ async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, c
 async def release_cap(*, redis: Redis, member_id: int, day: date, amount: int) -> None:
     """Give back a reservation whose award did not happen (duplicate, rollback)."""
     if amount > 0:
-        await _release_cap(keys=(_cap_key(member_id, day),), args=(amount,), client=redis)
+        await _release_cap(keys=(cap_key(member_id, day),), args=(amount,), client=redis)
 
 
 async def capped_total(*, member_id: int, day: date) -> int:
@@ -127,8 +143,6 @@ async def capped_total(*, member_id: int, day: date) -> int:
 # it, its own `since` (the Monday from which this Redis holds every weekly counter) and `run`,
 # rebuilt from the ledger when lost or restored from an older snapshot.
 WEEK_CAP_TTL = 9 * 86400
-WEEK_CAP_SINCE = "wcap:since"
-WEEK_CAP_RUN = "wcap:run"
 # The ledger reasons counted under the weekly cap: task points (tasks.py) and share claims (share.py).
 WEEKLY_REASONS = ("task", "share")
 
@@ -138,8 +152,10 @@ def week_of(day: date) -> date:
     return day - timedelta(days=day.weekday())
 
 
-def _week_key(member_id: int, monday: date) -> str:
-    return f"wcap:{member_id}:{monday.isoformat()}"
+def _week_keys(member_id: int, monday: date) -> tuple[str, str, str]:
+    """The member's counter for the week and its shard's markers, in the daily cap's slot."""
+    shard = cap_shard(member_id)
+    return (f"wcap:{shard}:{member_id}:{monday.isoformat()}", f"wcap:since:{shard}", f"wcap:run:{shard}")
 
 
 async def reserve_weekly_cap(*, redis: Redis, member_id: int, day: date, wanted: int, cap: int) -> int:
@@ -148,7 +164,7 @@ async def reserve_weekly_cap(*, redis: Redis, member_id: int, day: date, wanted:
     if wanted <= 0:
         return 0
     monday = week_of(day)
-    keys = (_week_key(member_id, monday), WEEK_CAP_SINCE, WEEK_CAP_RUN)
+    keys = _week_keys(member_id, monday)
     args = (wanted, cap, "", WEEK_CAP_TTL, monday.isoformat())
     granted = int(await _reserve_cap(keys=keys, args=args, client=redis))
     if granted == -1:
@@ -163,7 +179,7 @@ async def reserve_weekly_cap(*, redis: Redis, member_id: int, day: date, wanted:
 async def release_weekly_cap(*, redis: Redis, member_id: int, day: date, amount: int) -> None:
     """Give back a weekly reservation whose award did not happen."""
     if amount > 0:
-        await _release_cap(keys=(_week_key(member_id, week_of(day)),), args=(amount,), client=redis)
+        await _release_cap(keys=_week_keys(member_id, week_of(day))[:1], args=(amount,), client=redis)
 
 
 async def weekly_total(*, member_id: int, day: date) -> int:

@@ -39,6 +39,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pyroaring import BitMap
 from redis.asyncio import Redis
 
 from app.domain import metrics_days
@@ -89,16 +90,17 @@ class Fold:
     def __init__(self) -> None:
         self.new_members: list[dict] = []  # per day: {"date", "count"}
         self.sums = dict.fromkeys(metrics_days.DayFigures.SUMS, 0)
-        self.active = self.checked = self.payers = self.twice = 0
+        self.active, self.checked, self.payers, self.twice = BitMap(), BitMap(), BitMap(), BitMap()
         self.checkins = 0
-        self.runs = [0] * len(STREAK_BUCKETS)
-        self.at_least = [0] * len(STREAK_BUCKETS)
+        self.runs = [BitMap() for _ in STREAK_BUCKETS]
+        self.at_least = [BitMap() for _ in STREAK_BUCKETS]
 
     def add(self, day: metrics_days.DayFigures) -> None:
         today = day.checked_in
         self.runs = [today] + [before & today for before in self.runs[:-1]]
-        self.at_least = [seen | now for seen, now in zip(self.at_least, self.runs)]
-        self.checkins += today.bit_count()
+        for seen, run in zip(self.at_least, self.runs):
+            seen |= run  # in place: each at_least[k] is a bitmap of its own
+        self.checkins += len(today)
         self.checked |= today
         self.active |= day.active
         self.twice |= day.repeat_payers | (self.payers & day.payers)
@@ -109,7 +111,7 @@ class Fold:
 
     def streaks(self) -> dict[str, int]:
         """Members by their longest run of consecutive check-in days: "1".."6", "7+"."""
-        counts = [bits.bit_count() for bits in self.at_least] + [0]
+        counts = [len(bits) for bits in self.at_least] + [0]
         buckets = {bucket: counts[i] - counts[i + 1] for i, bucket in enumerate(STREAK_BUCKETS[:-1])}
         buckets[STREAK_BUCKETS[-1]] = counts[len(STREAK_BUCKETS) - 1]
         return buckets
@@ -123,21 +125,21 @@ async def fold(days) -> Fold:
 
 
 async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str, ...],
-                  fen_per_point: int = 1, now: datetime) -> dict:
+                  fen_per_point: int = 1, now: datetime, reads: Any = None) -> dict:
     """Every metric of the range `first`..`last` (business days of `tz`), as of `now`.
 
     `tier_keys` are the tiers in ascending order (rules.tiers.levels), which says whether a
     tier change went up or down. Per-day figures come from app/domain/metrics_days.py; the
-    rest are aggregates over the range's rows.
+    rest are aggregates over the range's rows, read from `reads` (the replica) if given.
     """
     start, end = day_start(first, tz), day_start(last + timedelta(days=1), tz)
-    sql = metrics_days.RangeSql(tz)
+    sql = metrics_days.RangeSql(tz, reads=reads)
     s, e = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
 
     # Tier keys are inlined: rules.TiersRule validates them as ^[a-z][a-z0-9_]{0,15}$.
     rank = " ".join(f"WHEN '{key}' THEN {i}" for i, key in enumerate(tier_keys) if key.isidentifier())
     queries = {
-        "days": fold(metrics_days.figures(first=first, last=last, tz=tz, now=now)),
+        "days": fold(metrics_days.figures(first=first, last=last, tz=tz, now=now, reads=reads)),
         # The current tiers (an index-only count), and the members created after the range.
         "tiers": sql.rows("SELECT tier, COUNT(*) AS n FROM member GROUP BY tier"),
         "later": sql.one(f"SELECT COUNT(*) AS n FROM member WHERE {sql.ts('created_at')} >= $1", e),
@@ -176,7 +178,7 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
     pts = {k: days.sums[k] for k in ("issued", "spent", "expired", "taken_back")}
     issued, used = _int(done["coupons"].get("issued")), _int(done["coupons"].get("used"))
     face_used = _int(done["coupon_value"].get("fen"))
-    payers, repeat = days.payers.bit_count(), days.twice.bit_count()
+    payers, repeat = len(days.payers), len(days.twice)
     spend, refunds = days.sums["spend_fen"], _int(done["refunds"].get("fen"))
     net = spend - refunds
     points_fen = pts["spent"] * fen_per_point
@@ -185,9 +187,9 @@ async def compute(*, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str
     return {
         "from": first.isoformat(), "to": last.isoformat(), "timezone": tz.key,
         "members": {"total": members, "new": sum(d["count"] for d in new_members),
-                    "active": days.active.bit_count()},
+                    "active": len(days.active)},
         "new_members": new_members,
-        "checkins": {"count": days.checkins, "members": days.checked.bit_count(),
+        "checkins": {"count": days.checkins, "members": len(days.checked),
                      "streaks": days.streaks()},
         "tiers": {"distribution": distribution, "upgraded": moves.get("up", 0),
                   "downgraded": moves.get("down", 0),
@@ -212,7 +214,7 @@ def cache_key(*, first: date, last: date, fen_per_point: int) -> str:
 
 
 async def cached(*, redis: Redis, first: date, last: date, tz: ZoneInfo, tier_keys: tuple[str, ...],
-                 fen_per_point: int = 1, now: datetime) -> dict:
+                 fen_per_point: int = 1, now: datetime, reads: Any = None) -> dict:
     """`compute`, served from Redis for 60 s per (range, fen_per_point); `generated_at` says when.
 
     On a miss one caller computes (a short Redis lock) while the others wait for its result,
@@ -230,7 +232,7 @@ async def cached(*, redis: Redis, first: date, last: date, tz: ZoneInfo, tier_ke
         return json.loads(hit)
     try:
         result = await compute(first=first, last=last, tz=tz, tier_keys=tier_keys,
-                               fen_per_point=fen_per_point, now=now)
+                               fen_per_point=fen_per_point, now=now, reads=reads)
         result["generated_at"] = now.astimezone(tz).isoformat()
         await redis.set(key, json.dumps(result), ex=CACHE_SECONDS)
     finally:

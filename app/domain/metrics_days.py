@@ -2,9 +2,12 @@
 
 The distinct counts of a range (active members, members who checked in, payers, their
 streaks and repeat purchases) do not add up day by day, so each day keeps its member sets as
-bitmaps (bit i = member id i): a range's count is the popcount of the OR of its days, and the
-streak distribution is computed from the check-in bitmaps of consecutive days. Sums (points
-issued / spent / expired / taken back, orders, spend, new members) are kept per day as they are.
+compressed (roaring) bitmaps of member ids: a range's count is the cardinality of the union
+of its days, and the streak distribution is computed from the check-in bitmaps of consecutive
+days. A roaring bitmap costs about 2 bytes per member in the set (less for runs of ids), not
+one bit per member of the whole programme, so a day's payload follows that day's activity.
+Sums (points issued / spent / expired / taken back, orders, spend, new members) are kept per
+day as they are.
 
 A day is built from the source tables (one SQL aggregate each) and stored once it has ended
 (GRACE after midnight). It stays exact afterwards because PostgreSQL triggers (migrations
@@ -25,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Iterable
 from zoneinfo import ZoneInfo
 
+from pyroaring import BitMap
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
@@ -53,10 +57,12 @@ class RangeSql:
     """Raw SQL with $1..$n placeholders on PostgreSQL, and the same text on SQLite (?1..?n).
 
     Without `tx`, each query runs on a pooled connection of its own (so they run side by
-    side); with it, inside that transaction."""
+    side), on `reads` (the replica: admin reads) if given, else the primary; with `tx`, inside
+    that transaction (a build's, on the primary)."""
 
-    def __init__(self, tz: ZoneInfo, tx: Any = None) -> None:
-        self.conn = tx or connections.get("default")
+    def __init__(self, tz: ZoneInfo, tx: Any = None, reads: Any = None) -> None:
+        self.conn = tx or reads or connections.get("default")
+        self.reads = None if tx is not None else reads
         self.tx = tx
         self.pg = connections.get("default").capabilities.dialect == "postgres"
         self.tz = tz
@@ -94,6 +100,8 @@ class RangeSql:
             return await self.conn.execute_query_dict(sql, [_sqlite_value(p) for p in params])
         if self.tx is not None:
             return await self.tx.execute_query_dict(sql, list(params))
+        if self.reads is not None:  # the replica's sessions have these settings (db.REPLICA_SETTINGS)
+            return await self.reads.execute_query_dict(sql, list(params))
         async with in_transaction() as tx:  # a transaction only to scope the settings
             await tx.execute_script(PG_SETTINGS)
             return await tx.execute_query_dict(sql, list(params))
@@ -119,13 +127,13 @@ def as_date(value: Any) -> date:
 
 @dataclass
 class DayFigures:
-    """One business day. Member sets are Python ints used as bitmaps (bit i = member i)."""
+    """One business day. Member sets are roaring bitmaps of member ids."""
 
     day: date
-    active: int = 0  # a ledger entry, a check-in or a paid order that day
-    checked_in: int = 0
-    payers: int = 0  # one or more paid orders that day
-    repeat_payers: int = 0  # two or more
+    active: BitMap = field(default_factory=BitMap)  # a ledger entry, a check-in or a paid order that day
+    checked_in: BitMap = field(default_factory=BitMap)
+    payers: BitMap = field(default_factory=BitMap)  # one or more paid orders that day
+    repeat_payers: BitMap = field(default_factory=BitMap)  # two or more
     new_members: int = 0
     orders: int = 0
     spend_fen: int = 0
@@ -138,18 +146,35 @@ class DayFigures:
     SUMS = ("new_members", "orders", "spend_fen", "issued", "spent", "expired", "taken_back")
 
 
-def bitmap(ids: Iterable[int]) -> int:
-    ids = list(ids)
-    if not ids:
-        return 0
-    buf = bytearray((max(ids) >> 3) + 1)
-    for i in ids:
-        buf[i >> 3] |= 1 << (i & 7)
-    return int.from_bytes(buf, "little")
+def bitmap(ids: Iterable[int]) -> BitMap:
+    return BitMap(ids)
 
 
-def _to_bytes(bits: int) -> bytes:
-    return bits.to_bytes((bits.bit_length() + 7) // 8, "little")
+# Stored sets: ROARING + the portable roaring serialisation. The dense form stored before
+# (little-endian bytes, bit i = member i) always starts with an even byte, as there is no
+# member 0, so the odd first byte tells the two apart; migration 0015 has every dense day
+# rebuilt, and one still met (built by a process of the previous release) is converted.
+ROARING = b"\x01"
+
+
+def encode(bits: BitMap) -> bytes:
+    """A member set as stored in metrics_day."""
+    bits = BitMap(bits)
+    bits.run_optimize()  # runs of consecutive ids (members created together) as runs
+    return ROARING + bits.serialize()
+
+
+def decode(data: bytes | None) -> BitMap:
+    """A stored member set, roaring or (from the previous release) dense."""
+    data = bytes(data or b"")
+    if data[:1] == ROARING:
+        return BitMap.deserialize(data[1:])
+    binary = bin(int.from_bytes(data, "little"))[:1:-1]  # bit i at index i
+    ids, at = [], binary.find("1")
+    while at >= 0:
+        ids.append(at)
+        at = binary.find("1", at + 1)
+    return BitMap(ids)
 
 
 def _spans(days: list[date]) -> list[tuple[date, date]]:
@@ -226,18 +251,19 @@ async def compute_days(sql: RangeSql, days: list[date]) -> dict[date, DayFigures
     return found
 
 
-async def _load(tz: ZoneInfo, days: list[date]) -> dict[date, DayFigures]:
-    """The current (built_version == version) stored days among `days`."""
+async def _load(tz: ZoneInfo, days: list[date], reads: Any = None) -> dict[date, DayFigures]:
+    """The current (built_version == version) stored days among `days`, from `reads` (the
+    replica) if given: a day it has not received yet is then computed instead."""
     if not days:
         return {}
-    rows = await connections.get("default").execute_query_dict(
+    rows = await (reads or connections.get("default")).execute_query_dict(
         f"SELECT day, {', '.join(DayFigures.SETS + DayFigures.SUMS)} FROM metrics_day"
         f" WHERE tz = $1 AND day = ANY($2::date[]) AND {CURRENT}", [tz.key, days])
     loaded = {}
     for row in rows:
         figures = DayFigures(row["day"], **{name: int(row[name]) for name in DayFigures.SUMS})
         for name in DayFigures.SETS:
-            setattr(figures, name, int.from_bytes(row[name] or b"", "little"))
+            setattr(figures, name, decode(row[name]))
         loaded[figures.day] = figures
     return loaded
 
@@ -293,7 +319,7 @@ async def build(tz: ZoneInfo, days: list[date], *, now: datetime, wait: float = 
                     "UPDATE metrics_day SET built_version = version, built_at = $3,"
                     f" {', '.join(f'{name} = ${n}' for n, name in enumerate(DayFigures.SETS + DayFigures.SUMS, 4))}"
                     " WHERE tz = $1 AND day = $2",
-                    [tz.key, figures.day, now, *(_to_bytes(getattr(figures, name)) for name in DayFigures.SETS),
+                    [tz.key, figures.day, now, *(encode(getattr(figures, name)) for name in DayFigures.SETS),
                      *(getattr(figures, name) for name in DayFigures.SUMS)])
             built += len(todo)
         advance(len(batch))
@@ -312,10 +338,12 @@ async def _current(tz: ZoneInfo, days: list[date]) -> set[date]:
     return {row["day"] for row in rows}
 
 
-async def figures(*, first: date, last: date, tz: ZoneInfo, now: datetime) -> AsyncIterator[DayFigures]:
+async def figures(*, first: date, last: date, tz: ZoneInfo, now: datetime,
+                  reads: Any = None) -> AsyncIterator[DayFigures]:
     """Every day of `first`..`last`, in order: stored where current, built and stored where it
     can be, computed from the source tables otherwise. A month is read at a time, so a year's
-    range holds a month of bitmaps in memory, not a year of them."""
+    range holds a month of bitmaps in memory, not a year of them. Which days to build is
+    decided, and built, on the primary; the days are read from `reads` (the replica) if given."""
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     pg = connections.get("default").capabilities.dialect == "postgres"
     if pg:
@@ -325,10 +353,10 @@ async def figures(*, first: date, last: date, tz: ZoneInfo, now: datetime) -> As
             await build(tz, missing, now=now)
     for i in range(0, len(days), CHUNK_DAYS):
         chunk = days[i:i + CHUNK_DAYS]
-        found = await _load(tz, chunk) if pg else {}
+        found = await _load(tz, chunk, reads) if pg else {}
         rest = [day for day in chunk if day not in found]
         if rest:
-            found.update(await compute_days(RangeSql(tz), rest))
+            found.update(await compute_days(RangeSql(tz, reads=reads), rest))
         for day in chunk:
             yield found[day]
 

@@ -7,6 +7,7 @@ written in the ledger's transaction.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
@@ -41,8 +42,9 @@ def render_entry(entry: LedgerEntry) -> dict:
     }
 
 
-async def search(*, q: str) -> list[Member]:
-    """Members whose id, openid or phone is exactly `q` (at most 50)."""
+async def search(*, q: str, reads: Any = None) -> list[Member]:
+    """Members whose id, openid or phone is exactly `q` (at most 50), read from `reads` (the
+    replica) if given, else the primary."""
     q = (q or "").strip()
     if not q:
         raise InvalidField("q", "search by member id, openid or phone")
@@ -51,7 +53,8 @@ async def search(*, q: str) -> list[Member]:
     where = Q(openid=q) | Q(phone=q)
     if q.isdigit() and len(q) <= 18:
         where |= Q(id=int(q))
-    return await Member.filter(where).order_by("id").limit(SEARCH_LIMIT)
+    found = Member.filter(where).order_by("id").limit(SEARCH_LIMIT)
+    return await (found.using_db(reads) if reads is not None else found)
 
 
 async def detail(*, member_id: int) -> dict:

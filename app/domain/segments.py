@@ -94,9 +94,10 @@ def mask_phone(phone: str | None) -> str:
     return f"{phone[:3]}****{phone[-4:]}" if len(phone) >= 8 else "*" * len(phone)
 
 
-async def members_of(*, segment: str, batch: int = 5000) -> AsyncIterator[list[dict]]:
-    """The members of a segment in batches by member id (keyset), with scores and phone masked."""
-    conn = connections.get("default")
+async def members_of(*, segment: str, batch: int = 5000, reads: Any = None) -> AsyncIterator[list[dict]]:
+    """The members of a segment in batches by member id (keyset), with scores and phone masked;
+    read from `reads` (the replica) if given, else the primary."""
+    conn = reads or connections.get("default")
     pg = conn.capabilities.dialect == "postgres"
     after = 0
     while True:

@@ -5,11 +5,11 @@ from tortoise.models import Model
 class MetricsDay(Model):
     """One business day's figures, pre-aggregated for GET /admin/metrics (app/domain/metrics_days.py).
 
-    Member sets are bitmaps (bit i = member i, little-endian bytes), so distinct counts over
-    any range are ORs and popcounts. A row is current while built_version == version and no
-    `metrics_day_stale` row names it: on PostgreSQL, triggers on ledger_entry, checkin, payment
-    and member append one for the days a late write lands on (migrations 0006, 0011), taking no
-    lock a build holds, so the day is rebuilt before it is read again.
+    Member sets are roaring bitmaps of member ids (metrics_days.encode), so distinct counts
+    over any range are unions and cardinalities. A row is current while built_version == version
+    and no `metrics_day_stale` row names it: on PostgreSQL, triggers on ledger_entry, checkin,
+    payment and member append one for the days a late write lands on (migrations 0006, 0011),
+    taking no lock a build holds, so the day is rebuilt before it is read again.
     """
 
     id = fields.BigIntField(primary_key=True)

@@ -26,7 +26,7 @@ def _member_id(request: web.Request) -> int:
 
 async def search(request: web.Request) -> web.Response:
     require_admin(request)
-    found = await operators.search(q=request.query.get("q", ""))
+    found = await operators.search(q=request.query.get("q", ""), reads=request.app[keys.replica_key])
     return web.json_response({"items": [operators.render_member(m) for m in found]})
 
 

@@ -6,6 +6,7 @@ import io
 
 from aiohttp import web
 
+from app import keys
 from app.domain import segments
 from app.errors import NotFound
 from handlers.admin.auth import require_admin
@@ -28,7 +29,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(COLUMNS)
-    async for rows in segments.members_of(segment=name):
+    async for rows in segments.members_of(segment=name, reads=request.app[keys.replica_key]):
         for row in rows:
             writer.writerow([row[column] for column in COLUMNS])
         await response.write(buffer.getvalue().encode())

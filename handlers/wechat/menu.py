@@ -109,14 +109,16 @@ async def push_menu(settings: Settings, file: str | Path) -> int:
 
 async def _redis(settings: Settings, stack: contextlib.AsyncExitStack) -> Redis:
     """The token cache: the configured Redis (shared with the server), else an embedded one."""
-    from app.resources import start_embedded_redis
+    from app.resources import connect_redis, start_embedded_redis
 
     url = settings.redis_url
     if not url:
         server, url = await start_embedded_redis(settings.data_dir)
         stack.push_async_callback(asyncio.to_thread, server.shutdown)
-    client = Redis.from_url(url, decode_responses=True)
+    client = connect_redis(url, cluster=settings.redis_cluster)
     stack.push_async_callback(client.aclose)
+    if settings.redis_cluster:
+        await client.initialize()
     return client
 
 

@@ -140,7 +140,7 @@ async def test_database_down_is_503_and_nothing_half_done(aiohttp_client, client
     # Nothing of the failed requests stayed behind: no cap reserved for a check-in that did not
     # happen, and WeChat's retry of the notification is applied (once, by its transaction_id).
     app_redis = c.app[keys.redis_key]
-    assert not [k async for k in app_redis.scan_iter("cap:*:*")]
+    assert not [k async for k in app_redis.scan_iter("cap:{cap:*}:*")]
     for _ in range(20):  # the pool notices the dead connections and opens new ones
         resp = await c.post("/mp/checkin", headers=m.headers)
         if resp.status != 503:
@@ -170,7 +170,7 @@ async def test_checkin_whose_transaction_fails_releases_its_cap(client, login, r
     resp = await m.post("/mp/checkin")
     assert resp.status == 503 and resp.headers["Retry-After"]
     await _assert_envelope(resp)
-    assert [await redis.hget(k, "v") async for k in redis.scan_iter("cap:*:*")] in ([], ["0"])
+    assert [await redis.hget(k, "v") async for k in redis.scan_iter("cap:{cap:*}:*")] in ([], ["0"])
     assert await Checkin.all().count() == 0
     monkeypatch.undo()
     resp = await m.post("/mp/checkin")

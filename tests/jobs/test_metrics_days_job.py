@@ -5,6 +5,7 @@ from datetime import date
 
 import pytest
 
+from app.domain import metrics_days
 from app.models import Checkin, Member, MetricsDay
 from jobs.registry import JobContext, load_all
 from tests.conftest import shanghai
@@ -23,7 +24,7 @@ async def test_the_job_builds_each_ended_day_once_and_rebuilds_a_changed_one(db,
     assert await job.run(ctx) == {"days": days, "current": 0, "built": days}
     assert sum(advanced) == days and await MetricsDay.filter(built_version=0).count() == 0
     stored = await MetricsDay.get(day=date(2026, 11, 20))
-    assert int.from_bytes(stored.checked_in, "little") == 1 << member.id
+    assert list(metrics_days.decode(stored.checked_in)) == [member.id]
     assert (await MetricsDay.get(day=date(2026, 1, 5))).new_members == 1
     assert not await MetricsDay.filter(day=date(2026, 11, 22)).exists()  # today is not over
 

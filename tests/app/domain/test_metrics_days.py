@@ -14,13 +14,14 @@ from tortoise.transactions import in_transaction
 from app.domain import metrics, metrics_days
 from app.domain.metrics_days import DayFigures, bitmap
 from app.models import Checkin, LedgerEntry, MetricsDay, Payment
+from pyroaring import BitMap
 from tests.app.domain.metrics_world import FIRST, LAST, TIERS, TZ, _member, _pay
 from tests.conftest import shanghai
 
 NOW = shanghai(2026, 11, 22, 10, 0)
 
 
-def _members(*ids: int) -> int:
+def _members(*ids: int) -> BitMap:
     return bitmap(ids)
 
 
@@ -42,26 +43,47 @@ def test_streaks_are_the_longest_run_of_consecutive_days_per_member():
             _members(1, 2, 4), _members(1, 2, 4), _members(1, 4), _members(4)]
     folded = _folded(days)
     assert folded.streaks() == {"1": 1, "2": 0, "3": 1, "4": 0, "5": 0, "6": 0, "7+": 2}
-    assert folded.checkins == 3 + 3 + 3 + 3 + 3 + 3 + 2 + 1 and folded.checked.bit_count() == 4
+    assert folded.checkins == 3 + 3 + 3 + 3 + 3 + 3 + 2 + 1 and len(folded.checked) == 4
     assert _folded([]).streaks() == dict.fromkeys(metrics.STREAK_BUCKETS, 0)
     assert _folded([_members(9)]).streaks() == {**dict.fromkeys(metrics.STREAK_BUCKETS, 0), "1": 1}
     # A gap day breaks every run; a run may end on the range's last day.
-    assert _folded([_members(1), 0, _members(1), _members(1)]).streaks()["2"] == 1
+    assert _folded([_members(1), _members(), _members(1), _members(1)]).streaks()["2"] == 1
 
 
 @pytest.mark.smoke
 def test_repeat_payers_need_two_orders_on_one_day_or_on_two_days():
-    folded = _folded(payers=[(_members(1, 2, 3), _members(3)), (_members(2, 4), 0), (_members(5), 0)])
-    assert folded.twice.bit_count() == 2  # 2 (two days) and 3 (twice on one day)
-    assert folded.payers.bit_count() == 5
+    folded = _folded(payers=[(_members(1, 2, 3), _members(3)), (_members(2, 4), _members()), (_members(5), _members())])
+    assert len(folded.twice) == 2  # 2 (two days) and 3 (twice on one day)
+    assert len(folded.payers) == 5
 
 
 @pytest.mark.smoke
 def test_a_bitmap_holds_exactly_its_ids():
     bits = bitmap([0, 7, 8, 1_000_003, 8])
-    assert bits.bit_count() == 4
-    assert [i for i in (0, 7, 8, 9, 1_000_003) if bits >> i & 1] == [0, 7, 8, 1_000_003]
-    assert bitmap([]) == 0
+    assert len(bits) == 4
+    assert [i for i in (0, 7, 8, 9, 1_000_003) if i in bits] == [0, 7, 8, 1_000_003]
+    assert len(bitmap([])) == 0
+
+
+@pytest.mark.smoke
+def test_a_stored_set_costs_what_its_members_do_not_the_highest_id():
+    # Two members among ten million: a dense bitmap would store 1.25 MB for them.
+    sparse = bitmap([3, 10_000_000])
+    assert len(metrics_days.encode(sparse)) < 64
+    assert metrics_days.decode(metrics_days.encode(sparse)) == sparse
+    # A block of consecutive ids (members who joined together) is stored as a run.
+    block = bitmap(range(1_000_000, 1_200_000))
+    assert len(metrics_days.encode(block)) < 64
+    assert metrics_days.decode(metrics_days.encode(block)) == block
+    assert metrics_days.decode(metrics_days.encode(bitmap([]))) == bitmap([])
+
+
+@pytest.mark.smoke
+def test_a_dense_set_of_the_previous_release_still_reads():
+    ids = [1, 7, 8, 9, 64, 1_000_003]
+    dense = sum(1 << i for i in ids)
+    assert metrics_days.decode(dense.to_bytes((dense.bit_length() + 7) // 8, "little")) == bitmap(ids)
+    assert metrics_days.decode(b"") == bitmap([]) and metrics_days.decode(None) == bitmap([])
 
 
 async def _fresh() -> dict:
@@ -91,6 +113,31 @@ async def test_ended_days_are_stored_and_then_read_from_storage(world):
         "UPDATE metrics_day SET issued = issued + 1000 WHERE day = $1", [date(2026, 11, 2)])
     again = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
     assert again["points"]["issued"] == first["points"]["issued"] + 1000
+
+
+@pytest.mark.postgres
+async def test_stored_days_are_roaring_and_dense_ones_are_rebuilt_by_the_migration(world):
+    from importlib import import_module
+
+    first = await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW)
+    day = await MetricsDay.get(tz=TZ.key, day=date(2026, 11, 2))
+    assert day.active[:1] == metrics_days.ROARING and len(metrics_days.decode(day.active)) > 0
+    # A day stored dense by the previous release reads the same, and migration 0015 marks
+    # every stored day out of date so it is built again, roaring.
+    dense = sum(1 << i for i in metrics_days.decode(day.active))
+    await connections.get("default").execute_query(
+        "UPDATE metrics_day SET active = $1 WHERE id = $2",
+        [dense.to_bytes((dense.bit_length() + 7) // 8, "little"), day.id])
+    assert await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW) == first
+    migration = import_module("app.migrations.0014_metrics_roaring")
+
+    class Editor:
+        client = connections.get("default")
+
+    await migration.rebuild(None, Editor())
+    assert all(built == 0 for _, built in (await _stored_days()).values())
+    assert await metrics.compute(first=FIRST, last=LAST, tz=TZ, tier_keys=TIERS, now=NOW) == first
+    assert (await MetricsDay.get(id=day.id)).active[:1] == metrics_days.ROARING
 
 
 @pytest.mark.postgres

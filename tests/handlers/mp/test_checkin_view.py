@@ -224,8 +224,8 @@ async def test_cap_counters_trusted_only_when_redis_predates_today(client, login
     m = await login()
     day = shanghai(2026, 11, 22, 8).date()
     assert (await (await m.post("/mp/checkin")).json())["points_awarded"] == 5
-    assert await redis.get(antiabuse.CAP_SINCE) == "2026-11-22"
-    await redis.delete(f"cap:{m.id}:2026-11-22")
+    assert await redis.get(antiabuse.cap_since_key(m.id)) == "2026-11-22"
+    await redis.delete(antiabuse.cap_key(m.id, day))
     # Data lost today: the ledger says 5 were earned, so 2 remain.
     assert await antiabuse.reserve_cap(redis=redis, member_id=m.id, day=day, wanted=5, cap=7) == 2
     # Tomorrow, with this Redis counting since today, a missing counter is a fresh day.
