@@ -152,7 +152,7 @@ def bitmap(ids: Iterable[int]) -> BitMap:
 
 # Stored sets: ROARING + the portable roaring serialisation. The dense form stored before
 # (little-endian bytes, bit i = member i) always starts with an even byte, as there is no
-# member 0, so the odd first byte tells the two apart; migration 0015 has every dense day
+# member 0, so the odd first byte tells the two apart; migration 0014 has every dense day
 # rebuilt, and one still met (built by a process of the previous release) is converted.
 ROARING = b"\x01"
 
