@@ -82,7 +82,7 @@ async def test_points_spent_in_the_mall_cost_a_fen_each_and_a_make_up_costs_noth
     await points.award(member_id=m.id, amount=1000, reason="gift", key="g:4", now=NOW, expiry_months=12)
     cup = await Reward.create(name="马克杯", points=300, stock=3, per_member_limit=2)
     await rewards.redeem(reward_id=cup.id, member_id=m.id, now=NOW, pay=None, notify_url="")
-    await points.spend(member_id=m.id, amount=10, reason="makeup", key="makeup:4")
+    await points.spend(member_id=m.id, amount=10, reason="makeup", key="makeup:4", now=NOW)
     rows = await CostEntry.all().values("kind", "amount_fen", "tier", "source")
     assert rows == [{"kind": "points", "amount_fen": 300, "tier": "silver", "source": "redeem"}]
     await rules.update({"costs": {"fen_per_point": 0.5}}, actor="test")
