@@ -9,11 +9,16 @@ from app.models.payment import Payment, Refund
 from app.models.referral import Referral
 from app.models.reward import MemberScore, Redemption, Reward
 from app.models.rules import AuditLog, Rule
+from app.models.wallet import (PartnerEvent, PartnerOrder, PartnerRefund, ReconciliationItem,
+                               ReconciliationRun, Recharge, RechargePackage, Wallet, WalletEntry,
+                               WalletLotUse)
 from app.models.wecom import WeComBroadcast, WeComBroadcastSend, WeComContact, WeComSteward, WeComTag
 
 __all__ = [
     "AuditLog", "Blacklist", "Checkin", "Coupon", "CouponTemplate", "LedgerEntry", "LotUse", "Member",
     "MemberScore", "MetricsDay", "OutboxMessage", "Payment", "Redemption", "Refund", "Referral", "Reward",
     "Rule", "SubscriptionQuota", "TierChange",
+    "PartnerEvent", "PartnerOrder", "PartnerRefund", "ReconciliationItem", "ReconciliationRun", "Recharge",
+    "RechargePackage", "Wallet", "WalletEntry", "WalletLotUse",
     "WeComBroadcast", "WeComBroadcastSend", "WeComContact", "WeComSteward", "WeComTag",
 ]

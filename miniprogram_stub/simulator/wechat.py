@@ -266,13 +266,16 @@ async def membercard_activate(request: web.Request) -> web.Response:
 
 
 async def membercard_updateuser(request: web.Request) -> web.Response:
-    """Record a bonus change: `bonus` sets the balance outright, else `add_bonus` is added."""
+    """Record a bonus change: `bonus` sets the balance outright, else `add_bonus` is added; a
+    stored-value `balance` (fen) is set outright with its `record_balance`."""
     state = request.app[state_key]
     body = await read_json(request)
     if body is None or not body.get("code") or not body.get("card_id"):
         return error(47001, "data format error")
     code = body["code"]
     try:
+        if body.get("balance") is not None:
+            state.card_balance[code] = int(body["balance"])
         if body.get("bonus") is not None:
             balance = int(body["bonus"])
         else:
@@ -282,7 +285,8 @@ async def membercard_updateuser(request: web.Request) -> web.Response:
     state.card_bonus[code] = balance
     state.card_updates.append(body)
     activation = next((a for a in reversed(state.card_activations) if a.get("code") == code), {})
-    return reply({"errcode": 0, "errmsg": "ok", "result_bonus": balance, "result_balance": 0,
+    return reply({"errcode": 0, "errmsg": "ok", "result_bonus": balance,
+                  "result_balance": state.card_balance.get(code, 0),
                   "openid": activation.get("openid", f"card-holder-{code}")})
 
 
