@@ -67,8 +67,10 @@ class Taken:
         return self.principal_fen + self.bonus_fen
 
 
-def _marks(conn: BaseDBAsyncClient, n: int) -> list[str]:
-    return [f"${i}" for i in range(1, n + 1)] if conn.capabilities.dialect == "postgres" else ["?"] * n
+_MOVE_SQL = ("UPDATE wallet SET principal_fen = principal_fen + {0}, bonus_fen = bonus_fen + {1} "
+             "WHERE id = {2} AND principal_fen + {3} >= 0 AND bonus_fen + {4} >= 0 "
+             "RETURNING principal_fen, bonus_fen")
+_MOVE = {"postgres": _MOVE_SQL.format("$1", "$2", "$3", "$4", "$5"), "sqlite": _MOVE_SQL.format(*"?????")}
 
 
 async def ensure(*, member_id: int) -> int:
@@ -87,11 +89,8 @@ async def ensure(*, member_id: int) -> int:
 async def _move(conn: BaseDBAsyncClient, wallet_id: int, principal: int, bonus: int) -> Balance | None:
     """Add the deltas unless a side would go below 0; the balances after, or None (no row changed).
     One round trip that also takes the wallet's row lock for the rest of the transaction."""
-    m = _marks(conn, 3)
-    sql = (f"UPDATE wallet SET principal_fen = principal_fen + {m[0]}, bonus_fen = bonus_fen + {m[1]} "
-           f"WHERE id = {m[2]} AND principal_fen + {m[0]} >= 0 AND bonus_fen + {m[1]} >= 0 "
-           "RETURNING principal_fen, bonus_fen")
-    rows = await conn.execute_query_dict(sql, [principal, bonus, wallet_id])
+    rows = await conn.execute_query_dict(_MOVE[conn.capabilities.dialect],
+                                         [principal, bonus, wallet_id, principal, bonus])
     return Balance(int(rows[0]["principal_fen"]), int(rows[0]["bonus_fen"])) if rows else None
 
 

@@ -25,7 +25,7 @@ class Migration(migrations.Migration):
                 ('answer', fields.JSONField(null=True, encoder=functools.partial(dumps, separators=(',', ':')), decoder=loads)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'partner_event', 'app': 'models', 'pk_attr': 'id', 'table_description': "A behaviour event from the brand's systems (task points), once per event_id."},
+            options={'table': 'partner_event', 'app': 'models', 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -47,7 +47,7 @@ class Migration(migrations.Migration):
                 ('answer', fields.JSONField(null=True, encoder=functools.partial(dumps, separators=(',', ':')), decoder=loads)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'partner_order', 'app': 'models', 'pk_attr': 'id', 'table_description': "A paid order reported by the brand's mall or till, once per order_no; `answer` is what the"},
+            options={'table': 'partner_order', 'app': 'models', 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -60,7 +60,7 @@ class Migration(migrations.Migration):
                 ('answer', fields.JSONField(null=True, encoder=functools.partial(dumps, separators=(',', ':')), decoder=loads)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'partner_refund', 'app': 'models', 'pk_attr': 'id', 'table_description': 'A refund of a partner order, once per refund_no.'},
+            options={'table': 'partner_refund', 'app': 'models', 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -74,7 +74,7 @@ class Migration(migrations.Migration):
                 ('active', fields.BooleanField(default=True)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'recharge_package', 'app': 'models', 'pk_attr': 'id', 'table_description': "An operator's offer: pay `pay_fen`, get `bonus_fen` more; the bonus lapses after"},
+            options={'table': 'recharge_package', 'app': 'models', 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -97,7 +97,7 @@ class Migration(migrations.Migration):
                 ('shipping_queued', fields.BooleanField(default=False)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'recharge', 'app': 'models', 'indexes': [Index(fields=['member_id', 'status'])], 'pk_attr': 'id', 'table_description': 'A recharge order (out_trade_no `rc…`): pending until its payment notification credits it'},
+            options={'table': 'recharge', 'app': 'models', 'indexes': [Index(fields=['member_id', 'status'])], 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -113,7 +113,7 @@ class Migration(migrations.Migration):
                 ('resolved', fields.BooleanField(default=False)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'reconciliation_item', 'app': 'models', 'unique_together': (('bill_date', 'trade', 'reference'),), 'pk_attr': 'id', 'table_description': "One difference between WeChat Pay's trade bill of a day and our records, for operators."},
+            options={'table': 'reconciliation_item', 'app': 'models', 'unique_together': (('bill_date', 'trade', 'reference'),), 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -127,7 +127,7 @@ class Migration(migrations.Migration):
                 ('applied', fields.BigIntField(default=0)),
                 ('finished_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
             ],
-            options={'table': 'reconciliation_run', 'app': 'models', 'pk_attr': 'id', 'table_description': "The summary of one day's reconciliation."},
+            options={'table': 'reconciliation_run', 'app': 'models', 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -139,7 +139,7 @@ class Migration(migrations.Migration):
                 ('bonus_fen', fields.BigIntField(default=0)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'wallet', 'app': 'models', 'pk_attr': 'id', 'table_description': "A member's stored value (储值), in integer fen: principal (money paid in) and bonus (given"},
+            options={'table': 'wallet', 'app': 'models', 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -157,7 +157,7 @@ class Migration(migrations.Migration):
                 ('note', fields.CharField(default='', max_length=128)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'wallet_entry', 'app': 'models', 'indexes': [Index(fields=['wallet_id', 'kind', 'remaining']), Index(fields=['expires_at'])], 'pk_attr': 'id', 'table_description': 'One change of one side (principal or bonus) of a wallet: append-only, with a unique'},
+            options={'table': 'wallet_entry', 'app': 'models', 'indexes': [Index(fields=['wallet_id', 'kind', 'remaining']), Index(fields=['expires_at'])], 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -169,7 +169,7 @@ class Migration(migrations.Migration):
                 ('amount', fields.BigIntField()),
                 ('restored', fields.BigIntField(default=0)),
             ],
-            options={'table': 'wallet_lot_use', 'app': 'models', 'indexes': [Index(fields=['debit_id'])], 'pk_attr': 'id', 'table_description': 'What one debit took from one lot, so a refund returns it there, in the proportions taken.'},
+            options={'table': 'wallet_lot_use', 'app': 'models', 'indexes': [Index(fields=['debit_id'])], 'pk_attr': 'id'},
             bases=['Model'],
         ),
     ]

@@ -19,8 +19,8 @@ class Wallet(Model):
 
 class WalletEntry(Model):
     """One change of one side (principal or bonus) of a wallet: append-only, with a unique
-    idempotency key naming its cause. A credit is a lot: `remaining` is what is left of it to
-    spend, refund or expire; a bonus lot may lapse at `expires_at`, principal never does."""
+    idempotency key naming its cause. A credit is a lot: remaining is what is left of it to
+    spend, refund or expire; a bonus lot may lapse at expires_at, principal never does."""
 
     id = fields.BigIntField(primary_key=True)
     wallet = fields.ForeignKeyField("models.Wallet", related_name="entries")
@@ -54,8 +54,8 @@ class WalletLotUse(Model):
 
 
 class RechargePackage(Model):
-    """An operator's offer: pay `pay_fen`, get `bonus_fen` more; the bonus lapses after
-    `bonus_valid_days` when set."""
+    """An operator's offer: pay `pay_fen`, get bonus_fen more; the bonus lapses after
+    bonus_valid_days when set."""
 
     id = fields.BigIntField(primary_key=True)
     name = fields.CharField(max_length=64)
@@ -70,7 +70,7 @@ class RechargePackage(Model):
 
 
 class Recharge(Model):
-    """A recharge order (out_trade_no `rc…`): pending until its payment notification credits it
+    """A recharge order (out_trade_no rc…): pending until its payment notification credits it
     once (paid), refunded by an operator or a Pay refund of its transaction."""
 
     id = fields.BigIntField(primary_key=True)
@@ -96,7 +96,7 @@ class Recharge(Model):
 
 
 class PartnerOrder(Model):
-    """A paid order reported by the brand's mall or till, once per order_no; `answer` is what the
+    """A paid order reported by the brand's mall or till, once per order_no; answer is what the
     first request was told (a repeat gets it again)."""
 
     id = fields.BigIntField(primary_key=True)
