@@ -62,6 +62,10 @@ class Settings:
     wecom_token: str | None = None
     wecom_aes_key: str | None = None
     wecom_api_base: str = "https://qyapi.weixin.qq.com"
+    # /partner/* (the brand's mall and tills): the HMAC key; unset, /partner/* answers 503.
+    partner_api_key: str | None = None
+    # Stored value: most principal a member may hold, in fen (prepaid-card rules: 5,000 yuan).
+    wallet_principal_cap_fen: int = 500_000
 
     @property
     def sandbox(self) -> bool:
@@ -140,4 +144,6 @@ class Settings:
             wecom_token=get("WECOM_TOKEN"),
             wecom_aes_key=get("WECOM_AES_KEY"),
             wecom_api_base=(get("WECOM_API_BASE") or defaults.wecom_api_base).rstrip("/"),
+            partner_api_key=get("PARTNER_API_KEY"),
+            wallet_principal_cap_fen=int(get("WALLET_PRINCIPAL_CAP_FEN") or defaults.wallet_principal_cap_fen),
         )

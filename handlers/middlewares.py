@@ -83,7 +83,7 @@ async def observe(request: web.Request, handler):
         request_id.reset(token)
 
 
-_ENVELOPED = ("/mp", "/admin")
+_ENVELOPED = ("/mp", "/admin", "/partner")
 
 
 @web.middleware

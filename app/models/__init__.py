@@ -10,7 +10,7 @@ from app.models.referral import Referral
 from app.models.reward import MemberScore, Redemption, Reward
 from app.models.rules import AuditLog, Rule
 from app.models.wallet import (PartnerEvent, PartnerOrder, PartnerRefund, ReconciliationItem,
-                               ReconciliationRun, Recharge, RechargePackage, Wallet, WalletEntry,
+                               ReconciliationLine,                               ReconciliationRun, Recharge, RechargePackage, Wallet, WalletEntry,
                                WalletLotUse)
 from app.models.wecom import WeComBroadcast, WeComBroadcastSend, WeComContact, WeComSteward, WeComTag
 
@@ -18,7 +18,7 @@ __all__ = [
     "AuditLog", "Blacklist", "Checkin", "Coupon", "CouponTemplate", "LedgerEntry", "LotUse", "Member",
     "MemberScore", "MetricsDay", "OutboxMessage", "Payment", "Redemption", "Refund", "Referral", "Reward",
     "Rule", "SubscriptionQuota", "TierChange",
-    "PartnerEvent", "PartnerOrder", "PartnerRefund", "ReconciliationItem", "ReconciliationRun", "Recharge",
+    "PartnerEvent", "PartnerOrder", "PartnerRefund", "ReconciliationItem", "ReconciliationLine", "ReconciliationRun", "Recharge",
     "RechargePackage", "Wallet", "WalletEntry", "WalletLotUse",
     "WeComBroadcast", "WeComBroadcastSend", "WeComContact", "WeComSteward", "WeComTag",
 ]

@@ -126,6 +126,9 @@ class PartnerRefund(Model):
     refund_no = fields.CharField(max_length=64, unique=True)
     order = fields.ForeignKeyField("models.PartnerOrder", related_name="refunds")
     refund_fen = fields.BigIntField()
+    wallet_principal_fen = fields.BigIntField(default=0)  # stored value given back, per side
+    wallet_bonus_fen = fields.BigIntField(default=0)
+    cash_fen = fields.BigIntField(default=0)  # the rest: its points and growth are taken back
     answer = fields.JSONField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
@@ -179,3 +182,21 @@ class ReconciliationRun(Model):
 
     class Meta:
         table = "reconciliation_run"
+
+
+class ReconciliationLine(Model):
+    """One line of a downloaded trade bill, staged for the comparison in SQL (replaced per day)."""
+
+    id = fields.BigIntField(primary_key=True)
+    bill_date = fields.DateField()
+    trade = fields.CharField(max_length=16)  # payment | refund
+    reference = fields.CharField(max_length=64)  # transaction_id, or refund_id for a refund
+    transaction_id = fields.CharField(max_length=64)
+    out_trade_no = fields.CharField(max_length=64)
+    openid = fields.CharField(max_length=64)
+    fen = fields.BigIntField()
+    traded_at = fields.CharField(max_length=32)
+
+    class Meta:
+        table = "reconciliation_line"
+        indexes = (("bill_date", "trade", "reference"),)
