@@ -61,6 +61,10 @@ async def record_order(*, redis: Redis | None, rules: Rules, appid: str, order_n
     who, payer_openid = await _payer(appid=appid, member_id=member_id, openid=openid)
     if wallet_fen and who is None:
         raise wallet.InsufficientBalance("a payer who is not a member has no stored value")
+    if not wallet_fen:
+        return await _cash_order(redis=redis, rules=rules, appid=appid, order=PartnerOrder(
+            order_no=order_no, member_id=who, openid=payer_openid, channel=channel, paid_fen=paid_fen,
+            wallet_fen=0, paid_at=paid_at, transaction_id=transaction_id or f"pn:{order_no}"), now=now, tz=tz)
     try:
         async with in_transaction() as conn:
             order = await PartnerOrder.create(
@@ -72,13 +76,45 @@ async def record_order(*, redis: Redis | None, rules: Rules, appid: str, order_n
                                            key=f"spend:{order_no}", now=now, note=order_no)
                 await PartnerOrder.filter(id=order.id).using_db(conn).update(
                     wallet_principal_fen=taken.principal_fen, wallet_bonus_fen=taken.bonus_fen)
+                order.wallet_principal_fen, order.wallet_bonus_fen = taken.principal_fen, taken.bonus_fen
     except IntegrityError:  # the same order_no racing: the first one's answer
         order = await PartnerOrder.get_or_none(order_no=order_no)
         if order is None:
             raise
         return await _answer_order(redis=redis, rules=rules, appid=appid, order=order, now=now, tz=tz, created=False)
-    order = await PartnerOrder.get(id=order.id)
     return await _answer_order(redis=redis, rules=rules, appid=appid, order=order, now=now, tz=tz, created=True)
+
+
+async def _credit_cash(*, redis: Redis | None, rules: Rules, appid: str, order: PartnerOrder, now: datetime,
+                       tz: ZoneInfo) -> dict:
+    """Record the order's cash part as a payment (once by transaction_id) and build its answer."""
+    cash = int(order.paid_fen) - int(order.wallet_fen)
+    outcome = await payments.record_payment(
+        redis=redis, rules=rules, appid=appid, transaction_id=order.transaction_id, out_trade_no=order.order_no,
+        openid=order.openid, total_fen=cash, payer_total_fen=cash, paid_at=order.paid_at, now=now, tz=tz,
+        source="partner" if order.transaction_id.startswith("pn:") else "v3")
+    body = {"order_no": order.order_no, "member_id": outcome.member_id or order.member_id,
+            "points": outcome.points, "growth": outcome.growth, "credited": outcome.member_id is not None,
+            "wallet_fen": int(order.wallet_fen), "wallet_principal_fen": int(order.wallet_principal_fen or 0),
+            "wallet_bonus_fen": int(order.wallet_bonus_fen or 0)}
+    if order.member_id is not None and order.wallet_fen:
+        body["balance_fen"] = (await wallet.balance(member_id=order.member_id)).balance_fen
+    return body
+
+
+async def _cash_order(*, redis: Redis | None, rules: Rules, appid: str, order: PartnerOrder, now: datetime,
+                      tz: ZoneInfo) -> Answer:
+    """An order paid without stored value: its payment first (idempotent: a racing copy of the
+    order is a repeat there), then the order row with its answer, whose unique order_no makes
+    the first copy's answer the one every copy gets."""
+    body = await _credit_cash(redis=redis, rules=rules, appid=appid, order=order, now=now, tz=tz)
+    order.answer = body
+    try:
+        await order.save()
+    except IntegrityError:
+        first = await PartnerOrder.get(order_no=order.order_no)
+        return Answer(first.answer or body, False)
+    return Answer(body, True)
 
 
 async def _answer_order(*, redis: Redis | None, rules: Rules, appid: str, order: PartnerOrder, now: datetime,
@@ -87,20 +123,10 @@ async def _answer_order(*, redis: Redis | None, rules: Rules, appid: str, order:
     a failure came between the order's commit and it) and keep the first answer."""
     if order.answer is not None:
         return Answer(order.answer, created)
-    cash = int(order.paid_fen) - int(order.wallet_fen)
-    outcome = await payments.record_payment(
-        redis=redis, rules=rules, appid=appid, transaction_id=order.transaction_id, out_trade_no=order.order_no,
-        openid=order.openid, total_fen=cash, payer_total_fen=cash, paid_at=order.paid_at, now=now, tz=tz,
-        source="partner" if order.transaction_id.startswith("pn:") else "v3")
-    body = {"order_no": order.order_no, "member_id": outcome.member_id or order.member_id,
-            "points": outcome.points, "growth": outcome.growth, "credited": outcome.member_id is not None,
-            "wallet_fen": int(order.wallet_fen), "wallet_principal_fen": int(order.wallet_principal_fen),
-            "wallet_bonus_fen": int(order.wallet_bonus_fen)}
-    if order.member_id is not None and order.wallet_fen:
-        body["balance_fen"] = (await wallet.balance(member_id=order.member_id)).balance_fen
-    await PartnerOrder.filter(id=order.id, answer__isnull=True).update(answer=body)
-    fresh = await PartnerOrder.get(id=order.id)
-    return Answer(fresh.answer or body, created)
+    body = await _credit_cash(redis=redis, rules=rules, appid=appid, order=order, now=now, tz=tz)
+    if not await PartnerOrder.filter(id=order.id, answer__isnull=True).update(answer=body):
+        body = (await PartnerOrder.get(id=order.id)).answer or body  # a racing repeat answered first
+    return Answer(body, created)
 
 
 async def refund_order(*, rules: Rules, order_no: str, refund_no: str, refund_fen: int, now: datetime) -> Answer:
