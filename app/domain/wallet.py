@@ -40,6 +40,17 @@ RECORD_TEXT = {
 }
 
 
+# Subscribers told of each bonus share spent, inside the spend's transaction (the cost of bonus
+# stored value: create_app subscribes costs.record at merge). The wallet never imports them.
+_BONUS_SPENT: list = []
+
+
+def on_bonus_spent(subscriber) -> None:
+    """Register `async subscriber(*, conn, member_id, bonus_fen, key, now)`, run in the spend's
+    transaction (an outbox-like row of its own, never I/O)."""
+    _BONUS_SPENT.append(subscriber)
+
+
 class InsufficientBalance(Conflict):
     code = "insufficient_balance"
 
@@ -212,6 +223,8 @@ async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount_fen: int, rea
         entry = await _entry(conn, wallet_id=wallet_id, kind=BONUS, delta=-bonus, reason=reason,
                              key=f"{key}:bonus", note=note)
         await _take_lots(conn, wallet_id=wallet_id, kind=BONUS, amount=bonus, debit_id=entry.id, now=now)
+        for subscriber in _BONUS_SPENT:
+            await subscriber(conn=conn, member_id=member_id, bonus_fen=bonus, key=f"{key}:bonus", now=now)
     after = await _move(conn, wallet_id, -principal, -bonus)
     if after is None:  # cannot happen under the lock; never overdraw if it does
         raise InsufficientBalance(f"not enough stored value for {amount_fen}")

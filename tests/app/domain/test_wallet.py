@@ -253,3 +253,21 @@ async def test_random_operations_keep_the_invariant_and_refund_what_the_model_sa
         model.expire(now)
         assert await wallet.balance(member_id=m.id) == model.balance()
         assert await wallet.check() == []
+
+
+async def test_bonus_spent_is_told_to_subscribers_inside_the_spend(db):
+    told = []
+
+    async def subscriber(*, conn, member_id, bonus_fen, key, now):
+        told.append((member_id, bonus_fen, key))
+
+    wallet.on_bonus_spent(subscriber)
+    try:
+        m = await member()
+        await recharge(m, 50000, 5000, n=1)
+        await spend(m, 11000, "o-cost")
+        with pytest.raises(wallet.InsufficientBalance):
+            await spend(m, 10**9, "o-too-much")
+    finally:
+        wallet._BONUS_SPENT.remove(subscriber)
+    assert told == [(m.id, 1000, "spend:o-cost:bonus")]
