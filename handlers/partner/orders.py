@@ -56,7 +56,8 @@ def _parse(raw: bytes, model):
 
 
 def _render(answer: partner.Answer) -> web.Response:
-    return web.json_response(answer.body, status=201 if answer.created else 200)
+    # A repeat answers exactly what the first was answered, status included.
+    return web.json_response(answer.body)
 
 
 async def record_order(request: web.Request) -> web.Response:
