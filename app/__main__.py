@@ -187,7 +187,12 @@ def cmd_ledger_verify(settings: Settings, args) -> int:
                         tqdm.write(f"member {item.member_id}: balance {item.balance}, entries "
                                    f"{item.entries_sum}, unspent lots {item.remaining_sum}")
             print(f"checked {count} members: {broken} broken")
-            return 1 if broken else 0
+            wallets = await ledger_check.wallet_imbalances()
+            for item in wallets:
+                print(f"member {item.member_id}: wallet {item.kind} {item.balance} fen, entries "
+                      f"{item.entries_sum}, unspent lots {item.remaining_sum}")
+            print(f"checked their wallets: {len(wallets)} broken")
+            return 1 if broken or wallets else 0
 
     return asyncio.run(run())
 
@@ -267,8 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = ledger.add_parser(
         "verify", help="prove every balance from the ledger; exit 1 when a member breaks it",
         description="For every member, in batches of SQL: the balance equals the sum of its ledger "
-                    "entries, and (when not negative) the sum of its unspent lots. Prints each "
-                    "member that breaks it and exits 1; exits 0 when all hold.", epilog=EPILOG)
+                    "entries, and (when not negative) the sum of its unspent lots; for each stored-value "
+                    "wallet, principal and bonus each equal the sum of their entries and of their "
+                    "unspent lots. Prints each member that breaks it and exits 1; exits 0 when all "
+                    "hold.", epilog=EPILOG)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_ledger_verify)
 

@@ -71,6 +71,10 @@ class Settings:
     # answers 503 `unavailable`: a black-holed dependency must not hang requests.
     redis_timeout: float = 1.0
     db_statement_timeout: float = 2.0
+    # /partner/* (the brand's mall and tills): the HMAC key; unset, /partner/* answers 503.
+    partner_api_key: str | None = None
+    # Stored value: most principal a member may hold, in fen (prepaid-card rules: 5,000 yuan).
+    wallet_principal_cap_fen: int = 500_000
 
     @property
     def sandbox(self) -> bool:
@@ -157,4 +161,6 @@ class Settings:
             wecom_api_base=(get("WECOM_API_BASE") or defaults.wecom_api_base).rstrip("/"),
             redis_timeout=float(get("REDIS_TIMEOUT") or defaults.redis_timeout),
             db_statement_timeout=float(get("DB_STATEMENT_TIMEOUT") or defaults.db_statement_timeout),
+            partner_api_key=get("PARTNER_API_KEY"),
+            wallet_principal_cap_fen=int(get("WALLET_PRINCIPAL_CAP_FEN") or defaults.wallet_principal_cap_fen),
         )

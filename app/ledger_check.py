@@ -1,4 +1,5 @@
-"""`python -m app ledger verify`: the ledger invariant over all members, in batches of SQL."""
+"""`python -m app ledger verify`: the ledger invariant over all members, in batches of SQL; and the
+wallets' (stored value: balance == entries == unspent lots, for principal and for bonus)."""
 from __future__ import annotations
 
 from typing import AsyncIterator
@@ -40,3 +41,16 @@ async def scan(*, low: int, high: int, batch: int = 5000) -> AsyncIterator[tuple
                 bad.append(Imbalance(int(r["id"]), balance, entries, remaining))
         yield len(rows), bad
         start = end
+
+
+async def wallet_imbalances(*, batch: int = 5000) -> list:
+    """Every wallet that breaks its invariant (app.domain.wallet.check), in batches of member ids."""
+    from app.domain import wallet
+
+    _, low, high = await member_id_range()
+    bad: list = []
+    start = low
+    while start < high:
+        bad.extend(await wallet.check(low=start, high=min(high, start + batch)))
+        start += batch
+    return bad

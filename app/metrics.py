@@ -13,3 +13,7 @@ WECHAT_CALLS = Counter("wechat_api_calls_total", "Calls to WeChat's API", ["path
 OUTBOX_MESSAGES = Gauge("outbox_messages", "Outbox messages by channel and open status (pending, sending, dead)",
                         ["channel", "status"])
 CAP_HITS = Counter("points_cap_hits_total", "Earnings cut short by the daily points cap")
+WALLET_FEN = Counter("wallet_fen_total", "Stored value moved, in fen", ["kind", "reason"])
+RECONCILIATION_MISMATCHES = Counter("reconciliation_mismatches_total",
+                                    "Differences between WeChat Pay's trade bill and our records", ["kind"])
+PARTNER_REQUESTS_REFUSED = Counter("partner_requests_refused_total", "Refused /partner requests", ["reason"])

@@ -83,7 +83,7 @@ async def observe(request: web.Request, handler):
         request_id.reset(token)
 
 
-_ENVELOPED = ("/mp", "/admin")
+_ENVELOPED = ("/mp", "/admin", "/partner")
 # What a 503 for a dependency that is down asks the client (and WeChat) to wait, in seconds.
 RETRY_AFTER = "2"
 

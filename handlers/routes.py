@@ -14,6 +14,7 @@ from handlers.admin import outbox as admin_outbox
 from handlers.admin import rewards as admin_rewards
 from handlers.admin import rules as admin_rules
 from handlers.admin import segments as admin_segments
+from handlers.admin import wallet as admin_wallet
 from handlers.admin import wecom as admin_wecom
 from handlers.mp import checkin, members, points
 from handlers.mp import coupons as mp_coupons
@@ -22,6 +23,8 @@ from handlers.mp import rewards as mp_rewards
 from handlers.mp import share as mp_share
 from handlers.mp import subscriptions as mp_subscriptions
 from handlers.mp import tasks as mp_tasks
+from handlers.mp import wallet as mp_wallet
+from handlers.partner import orders as partner
 from handlers.wechat import oa as wechat_oa
 from handlers.wechat import pay as wechat_pay
 from handlers.wechat import wecom as wechat_wecom
@@ -47,6 +50,14 @@ def setup(app: web.Application) -> None:
     r.add_get("/mp/tasks", mp_tasks.overview)
     r.add_post("/mp/share-links", mp_share.create)
     r.add_post(r"/mp/share-links/{token:[A-Za-z0-9_-]{1,32}}/claim", mp_share.claim)
+    r.add_get("/mp/wallet", mp_wallet.show)
+    r.add_get("/mp/wallet/packages", mp_wallet.packages)
+    r.add_post("/mp/wallet/recharge", mp_wallet.recharge)
+
+    # The brand's systems (signed)
+    r.add_post("/partner/orders", partner.record_order)
+    r.add_post(r"/partner/orders/{order_no}/refunds", partner.refund_order)
+    r.add_post("/partner/events", partner.record_event)
 
     # WeChat callbacks
     r.add_get("/wechat/oa", wechat_oa.verify)
@@ -85,6 +96,10 @@ def setup(app: web.Application) -> None:
     r.add_post("/admin/wecom/broadcasts", admin_wecom.broadcast)
     r.add_get("/admin/campaigns", admin_campaigns.listing)
     r.add_post("/admin/campaigns", admin_campaigns.create)
+    r.add_get("/admin/wallet/packages", admin_wallet.packages)
+    r.add_post("/admin/wallet/packages", admin_wallet.create_package)
+    r.add_post(r"/admin/wallet/recharges/{id:\d{1,18}}/refund", admin_wallet.refund_recharge)
+    r.add_get("/admin/wallet/reconciliation", admin_wallet.reconciliation_report)
 
     # Operations
     r.add_get("/healthz", ops.healthz)

@@ -34,6 +34,9 @@ MP_APPID = "wx-test-mp"
 MP_SECRET = "test-mp-secret"
 
 _TABLES = [
+    "wallet_lot_use", "wallet_entry", "partner_refund", "partner_order", "partner_event", "recharge",
+    "recharge_package", "wallet", "reconciliation_item", "reconciliation_line",
+    "reconciliation_run",
     "audit_log", "blacklist", "checkin", "coupon", "lot_use", "ledger_entry", "member_score", "outbox_message",
     "redemption", "refund", "payment", "referral", "reward", "coupon_template", "subscription_quota",
     "tier_change", "member", "metrics_day", "metrics_day_stale",

@@ -50,6 +50,26 @@ _ENQUEUE = {
 }
 
 
+_BALANCE_SQL = _ENQUEUE_SQL.replace("'bonus'", "'balance'")
+_ENQUEUE_BALANCE = {
+    "postgres": _BALANCE_SQL.format(p1="$1", p2="$2::jsonb", p3="$3::timestamptz", p4="$4::timestamptz",
+                                    p5="$5"),
+    "sqlite": _BALANCE_SQL.format(p1="?", p2="?", p3="?", p4="?", p5="?"),
+}
+
+
+async def enqueue_balance(*, conn: BaseDBAsyncClient, member_id: int, key: str, balance_fen: int, record: str,
+                          now: datetime) -> None:
+    """Queue the card's stored-value push (absolute `balance` + `record_balance`), only if the
+    member holds a card; in the wallet change's transaction, after its balance UPDATE (the order
+    per member is the outbox's card channel order)."""
+    payload = json.dumps({"balance": int(balance_fen), "record_balance": record}, ensure_ascii=False,
+                         separators=(",", ":"))
+    created = utcnow()
+    due = min(created, now.astimezone(timezone.utc))
+    await conn.execute_query(_ENQUEUE_BALANCE[conn.capabilities.dialect], [key, payload, due, created, member_id])
+
+
 def record_text(reason: str) -> str:
     return RECORD_TEXT.get(reason, reason)
 
@@ -82,6 +102,11 @@ async def push(message: OutboxMessage, *, wechat: WeChatClient) -> None:
         log.info("card push for a member without a card", extra={"fields": {"outbox": message.id}})
         return
     payload = message.payload or {}
+    if message.kind == "balance":  # stored value: the absolute balance, so a lost push heals
+        await wechat.membercard_updateuser(code=member.card_code, card_id=member.card_id,
+                                           balance=int(payload.get("balance", 0)),
+                                           record_balance=str(payload.get("record_balance", "")))
+        return
     await wechat.membercard_updateuser(
         code=member.card_code, card_id=member.card_id, bonus=int(member.points),
         record_bonus=str(payload.get("record_bonus", "")),

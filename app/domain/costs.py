@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.functions import Count, Sum
 
-from app.domain import points
+from app.domain import points, wallet
 from app.domain.clock import add_months, day_start
 from app.domain.rules import Rules
 from app.models import CostEntry, Coupon, ExperimentAssignment, Member, Payment, Refund
@@ -100,10 +100,19 @@ async def _on_points(conn: BaseDBAsyncClient, *, member_id: int, amount: int, re
                      key=f"points:{key}", now=now, member_id=member_id, source=reason, tier=spent.tier)
 
 
+async def _on_bonus(*, conn: BaseDBAsyncClient, member_id: int, bonus_fen: int, key: str, now: datetime) -> None:
+    """wallet's subscriber: the bonus share of a stored-value spend is a benefit the brand pays."""
+    if bonus_fen > 0:
+        await record(conn=conn, kind="bonus", amount_fen=bonus_fen, key=f"bonus:{key}", now=now,
+                     member_id=member_id, source="wallet")
+
+
 def install() -> None:
-    """Subscribe to the ledger's spends (idempotent): create_app calls it."""
+    """Subscribe to the ledger's spends and the wallet's bonus spends (idempotent): create_app
+    calls it."""
     if _on_points not in points.SPEND_SUBSCRIBERS:
         points.SPEND_SUBSCRIBERS.append(_on_points)
+    wallet.on_bonus_spent(_on_bonus)
 
 
 def _months(first: date, last: date) -> list[tuple[str, date, date]]:

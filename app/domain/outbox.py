@@ -164,6 +164,10 @@ async def _deliver(message: OutboxMessage, *, lease: datetime, wechat: Any, oa_w
             await bucket.take()
             await card.push(message, wechat=oa_wechat)
             outcome = None
+        elif message.channel == "shipping":  # a recharge's virtual-goods shipping information
+            await bucket.take()
+            await wechat.upload_shipping_info(**(message.payload or {}))
+            outcome = None
         elif message.channel == "wecom":
             from app.domain import rules, wecom as wecom_tags  # 企业微信 tier tags
 

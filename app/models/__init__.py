@@ -14,6 +14,9 @@ from app.models.referral import Referral
 from app.models.reward import MemberScore, Redemption, Reward
 from app.models.rules import AuditLog, Rule
 from app.models.trial import TierTrial
+from app.models.wallet import (PartnerEvent, PartnerOrder, PartnerRefund, ReconciliationItem,
+                               ReconciliationLine, ReconciliationRun, Recharge, RechargePackage, Wallet,
+                               WalletEntry, WalletLotUse)
 from app.models.wecom import WeComBroadcast, WeComBroadcastSend, WeComContact, WeComSteward, WeComTag
 
 __all__ = [
@@ -22,5 +25,7 @@ __all__ = [
     "MemberScore", "MetricsDay", "OutboxMessage", "Payment", "Redemption", "Refund", "Referral", "Reward",
     "Rule", "ShareClaim", "ShareClaimIdentity", "ShareDay", "ShareLink", "SubscriptionQuota",
     "TaskCompletion", "TierChange", "TierTrial", "WakeUp",
+    "PartnerEvent", "PartnerOrder", "PartnerRefund", "ReconciliationItem", "ReconciliationLine",
+    "ReconciliationRun", "Recharge", "RechargePackage", "Wallet", "WalletEntry", "WalletLotUse",
     "WeComBroadcast", "WeComBroadcastSend", "WeComContact", "WeComSteward", "WeComTag",
 ]

@@ -124,6 +124,11 @@ class WeChatClient:
         return await self._call("POST", "/card/membercard/userinfo/get",
                                 json={"code": code, "card_id": card_id})
 
+    async def upload_shipping_info(self, **body: Any) -> dict[str, Any]:
+        """发货信息录入 (`/wxa/sec/order/upload_shipping_info`): required for a paid order of the
+        mini-program, virtual goods included (logistics_type 3)."""
+        return await self._call("POST", "/wxa/sec/order/upload_shipping_info", json=body)
+
     async def membercard_activatetempinfo(self, activate_ticket: str) -> dict[str, str]:
         """`{"name", "phone", "birthday"}` from the member's one-click activation form
         (a field the form lacks comes back as an empty string)."""

@@ -21,6 +21,7 @@ from app.wechat.pay import jsapi_pay_params, sign_request
 JSAPI_PATH = "/v3/pay/transactions/jsapi"
 CLOSE_PATH = "/v3/pay/transactions/out-trade-no/{out_trade_no}/close"
 REFUND_PATH = "/v3/refund/domestic/refunds"
+TRADEBILL_PATH = "/v3/bill/tradebill"
 
 
 class PayError(Exception):
@@ -88,6 +89,57 @@ class PayClient:
         if not isinstance(answer.get("refund_id"), str):
             raise PayError(502, "bad_reply", "no refund_id in WeChat Pay's answer")
         return answer
+
+    async def download_trade_bill(self, *, bill_date: str, into: Any) -> int:
+        """申请交易账单 for `bill_date` (YYYY-MM-DD, every trade: bill_type ALL), then stream its file
+        into the binary file object `into` (64 KiB at a time, never whole in memory); returns bytes.
+        A day without trades is PayError NO_STATEMENT_EXIST."""
+        path = f"{TRADEBILL_PATH}?bill_date={quote(bill_date)}&bill_type=ALL"
+        answer = await self._get_json(path)
+        url = answer.get("download_url")
+        if not isinstance(url, str) or not url:
+            raise PayError(502, "bad_reply", "no download_url in WeChat Pay's answer")
+        # The download is signed too, over the URL's own path and query.
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        signed = parts.path + (f"?{parts.query}" if parts.query else "")
+        headers = {"Authorization": await self._authorization("GET", signed, "")}
+        size = 0
+        try:
+            async with self._session.get(url, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as resp:
+                if resp.status >= 400:
+                    raise PayError(resp.status, "download_failed", f"HTTP {resp.status}")
+                async for chunk in resp.content.iter_chunked(65536):
+                    into.write(chunk)
+                    size += len(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise PayUnavailable(f"WeChat Pay unreachable: {type(exc).__name__}") from None
+        return size
+
+    async def _authorization(self, method: str, path: str, body: str) -> str:
+        return await asyncio.to_thread(
+            sign_request, method=method, url_path_with_query=path, body=body, mchid=self.mchid,
+            serial_no=self._serial_no, private_key=self._private_key,
+            timestamp=int(time.time()), nonce=secrets.token_hex(16))
+
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        headers = {"Authorization": await self._authorization("GET", path, ""), "Accept": "application/json"}
+        try:
+            async with self._session.get(self._base_url + path, headers=headers, timeout=self._timeout) as resp:
+                raw, status = await resp.read(), resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise PayUnavailable(f"WeChat Pay unreachable: {type(exc).__name__}") from None
+        if status >= 500:
+            raise PayUnavailable(f"WeChat Pay answered HTTP {status}")
+        try:
+            answer = json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError):
+            answer = {}
+        if status >= 400:
+            raise PayError(status, str(answer.get("code") or "error"), str(answer.get("message") or ""))
+        return answer if isinstance(answer, dict) else {}
 
     async def jsapi_params(self, *, prepay_id: str, timestamp: int | None = None) -> dict[str, str]:
         """The params the mini-program passes to wx.requestPayment for this prepay_id."""

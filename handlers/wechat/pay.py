@@ -20,8 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from app import keys
+from app.domain import payments, recharges, rewards, rules
 from app.errors import dependency_failed
-from app.domain import payments, rewards, rules
 from app.wechat.pay import (
     PayNotifyError, PayV3Verifier, decrypt_v2_refund, parse_v2_xml, v2_reply, verify_v2,
 )
@@ -98,6 +98,10 @@ async def _apply(request: web.Request, event_type: str, resource: dict[str, Any]
             payer_total_fen=_fen(amount, "payer_total", amount.get("total")),
             paid_at=_rfc3339(resource.get("success_time"), now), now=now, tz=settings.tz)
         await _redemption_paid(app, resource.get("out_trade_no"), resource.get("transaction_id"), now)
+        if str(resource.get("out_trade_no", "")).startswith("rc"):  # a stored-value recharge
+            await recharges.on_paid(out_trade_no=resource["out_trade_no"], transaction_id=resource["transaction_id"],
+                                    mchid=str(resource.get("mchid", "")),
+                                    paid_at=_rfc3339(resource.get("success_time"), now), now=now)
     elif event_type == "REFUND.SUCCESS":
         if resource.get("refund_status", "SUCCESS") != "SUCCESS":
             return
@@ -106,6 +110,9 @@ async def _apply(request: web.Request, event_type: str, resource: dict[str, Any]
             rules=await rules.load(), refund_id=_text(resource, "refund_id"),
             transaction_id=_text(resource, "transaction_id"),
             refund_fen=_fen(amount, "payer_refund", amount.get("refund")), now=now)
+        if str(resource.get("out_trade_no", "")).startswith("rc"):  # a recharge: its stored value goes
+            await recharges.on_refunded(out_trade_no=resource["out_trade_no"], refund_id=resource["refund_id"],
+                                        refund_fen=_fen(amount, "refund"), now=now)
     else:
         log.info("pay notify: event %s acknowledged, not acted on", event_type)
 

@@ -1,6 +1,7 @@
 """WeChat Pay's merchant API, simulated: `POST /v3/pay/transactions/jsapi` (JSAPI 下单),
-`POST /v3/pay/transactions/out-trade-no/{out_trade_no}/close` (关闭订单) and
-`POST /v3/refund/domestic/refunds` (申请退款).
+`POST /v3/pay/transactions/out-trade-no/{out_trade_no}/close` (关闭订单),
+`POST /v3/refund/domestic/refunds` (申请退款) and `GET /v3/bill/tradebill` (申请交易账单, served
+from the payments and refunds it processed, downloaded from `/v3/billdownload/file`).
 
 The merchant's Authorization header is checked as WeChat checks it (pay.verify_merchant_request:
 the sandbox merchant serial, SANDBOX_MCHID, RSA-SHA256 over the request); errors are WeChat
@@ -41,6 +42,42 @@ class MerchantState:
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
     closes: list[str] = field(default_factory=list)
     fail_next_refund: dict[str, Any] | None = None
+    # Prepared trade bills by date (YYYY-MM-DD) -> file path, served instead of the processed trades.
+    bill_files: dict[str, str] = field(default_factory=dict)
+
+    def refund_succeeded(self, out_refund_no: str, *, now: float | None = None) -> dict[str, Any]:
+        """The refund completes (REFUND.SUCCESS): its success time, for the trade bill."""
+        answer = self.refunds[out_refund_no]
+        answer["status"] = "SUCCESS"
+        answer["success_time"] = rfc3339(time.time() if now is None else now)
+        return answer
+
+    def trade_bill(self, bill_date: str) -> str:
+        """The trade bill (交易账单, bill_type ALL) of one day in China time, in WeChat's CSV form:
+        a header, one line per payment and per refund (each value behind a backtick, amounts in
+        yuan), then the summary lines."""
+        lines = [",".join(BILL_HEADER)]
+        total_paid = total_refund = 0
+        count = 0
+        for order in self.orders.values():
+            when = order.get("success_time")
+            if order.get("state") != "SUCCESS" or not when or not when.startswith(bill_date):
+                continue
+            count += 1
+            total_paid += order["amount_fen"]
+            lines.append(_bill_line(when, order, status="SUCCESS"))
+        for refund in self.refunds.values():
+            when = refund.get("success_time")
+            if not when or not when.startswith(bill_date):
+                continue
+            order = self.orders.get(refund["out_trade_no"], {})
+            count += 1
+            total_refund += refund["amount"]["refund"]
+            lines.append(_bill_line(when, order, status="REFUND", refund=refund))
+        lines.append("总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额")
+        lines.append(f"`{count},`{_yuan(total_paid)},`{_yuan(total_refund)},`0.00,`0.00,`{_yuan(total_paid)},"
+                     f"`{_yuan(total_refund)}")
+        return "\r\n".join(lines) + "\r\n"
 
     def pay(self, out_trade_no: str, *, now: float | None = None, transaction_id: str | None = None,
             payer_total_fen: int | None = None) -> dict[str, Any]:
@@ -58,6 +95,7 @@ class MerchantState:
             raise OrderNotPayable("ORDER_EXPIRED")
         order["state"] = "SUCCESS"
         order["transaction_id"] = transaction_id or "4200" + secrets.token_hex(12)
+        order["success_time"] = rfc3339(now)
         return transaction_resource(openid=order["openid"], transaction_id=order["transaction_id"],
                                     out_trade_no=out_trade_no, total_fen=order["amount_fen"],
                                     payer_total_fen=payer_total_fen, mchid=order["mchid"],
@@ -65,6 +103,29 @@ class MerchantState:
 
 
 merchant_state_key = web.AppKey("wechat_merchant_state", MerchantState)
+
+BILL_HEADER = ("交易时间", "公众账号ID", "商户号", "特约商户号", "设备号", "微信订单号", "商户订单号", "用户标识",
+               "交易类型", "交易状态", "付款银行", "货币种类", "应结订单金额", "代金券金额", "微信退款单号",
+               "商户退款单号", "退款金额", "充值券退款金额", "退款类型", "退款状态", "商品名称", "商户数据包",
+               "手续费", "费率", "订单金额", "申请退款金额", "费率备注")
+
+
+def _yuan(fen: int) -> str:
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
+def _bill_line(when: str, order: dict[str, Any], *, status: str, refund: dict[str, Any] | None = None) -> str:
+    moment = when[:19].replace("T", " ")
+    refund = refund or {}
+    amount = refund.get("amount", {}).get("refund", 0)
+    values = [moment, order.get("appid", ""), order.get("mchid", SANDBOX_MCHID), "0", "",
+              order.get("transaction_id", refund.get("transaction_id", "")),
+              order.get("out_trade_no", refund.get("out_trade_no", "")), order.get("openid", ""), "JSAPI", status,
+              "OTHERS", "CNY", _yuan(order.get("amount_fen", 0)), "0.00", refund.get("refund_id", "0"),
+              refund.get("out_refund_no", "0"), _yuan(amount), "0.00", "ORIGINAL" if refund else "",
+              "SUCCESS" if refund else "", order.get("description", "").replace(",", " "), "", "0.00", "0.60%",
+              _yuan(order.get("amount_fen", 0)), _yuan(amount), ""]
+    return ",".join("`" + str(v) for v in values)
 
 
 def pay_error(status: int, code: str, message: str) -> web.Response:
@@ -78,6 +139,8 @@ def add_merchant_routes(app: web.Application) -> None:
     app.router.add_post("/v3/pay/transactions/jsapi", jsapi_order)
     app.router.add_post("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", close_order)
     app.router.add_post("/v3/refund/domestic/refunds", refund)
+    app.router.add_get("/v3/bill/tradebill", trade_bill)
+    app.router.add_get("/v3/billdownload/file", bill_download)
 
 
 async def _verified(request: web.Request) -> bytes | web.Response:
@@ -189,3 +252,39 @@ async def jsapi_order(request: web.Request) -> web.Response:
     order["state"] = "NOTPAY"
     state.orders[order["out_trade_no"]] = order
     return web.json_response({"prepay_id": order["prepay_id"]})
+
+
+async def _verified_get(request: web.Request) -> web.Response | None:
+    state = request.app[merchant_state_key]
+    try:
+        verify_merchant_request(authorization=request.headers.get("Authorization", ""), method="GET",
+                                url_path_with_query=request.raw_path, body=b"", mchid=state.mchid)
+    except MerchantAuthError as exc:
+        return pay_error(401, "SIGN_ERROR", f"签名错误 ({exc.reason})")
+    return None
+
+
+async def trade_bill(request: web.Request) -> web.Response:
+    """申请交易账单: the download_url of one day's bill (400 for a bad date)."""
+    refused = await _verified_get(request)
+    if refused is not None:
+        return refused
+    bill_date = request.query.get("bill_date", "")
+    try:
+        datetime.strptime(bill_date, "%Y-%m-%d")
+    except ValueError:
+        return pay_error(400, "PARAM_ERROR", "bill_date 格式错误")
+    url = request.url.with_path("/v3/billdownload/file").with_query({"token": bill_date})
+    return web.json_response({"hash_type": "SHA1", "hash_value": "", "download_url": str(url)})
+
+
+async def bill_download(request: web.Request) -> web.StreamResponse:
+    """The bill file itself, streamed (a prepared one from `bill_files`, else the processed trades)."""
+    refused = await _verified_get(request)
+    if refused is not None:
+        return refused
+    state = request.app[merchant_state_key]
+    bill_date = request.query.get("token", "")
+    if bill_date in state.bill_files:
+        return web.FileResponse(state.bill_files[bill_date])
+    return web.Response(body=state.trade_bill(bill_date).encode(), content_type="text/csv", charset="utf-8")

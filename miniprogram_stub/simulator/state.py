@@ -44,6 +44,8 @@ class SimulatorState:
     card_activations: list[dict[str, Any]] = field(default_factory=list)
     card_updates: list[dict[str, Any]] = field(default_factory=list)
     card_bonus: dict[str, int] = field(default_factory=dict)
+    card_balance: dict[str, int] = field(default_factory=dict)  # stored value (fen) by card code
+    shipping_uploads: list[dict[str, Any]] = field(default_factory=list)  # upload_shipping_info
     menu: dict[str, Any] | None = None
     custom_messages: list[dict[str, Any]] = field(default_factory=list)
     # Official-account followers: OA openid -> unionid (registered by tests and the demo).

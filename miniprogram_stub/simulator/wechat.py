@@ -57,6 +57,7 @@ def create_simulator_app(*, appid: str = "wx-sandbox-mp", secret: str = "sandbox
         web.post("/card/membercard/updateuser", with_token(membercard_updateuser)),
         web.post("/card/membercard/userinfo/get", with_token(membercard_userinfo)),
         web.post("/card/membercard/activatetempinfo/get", with_token(membercard_activatetempinfo)),
+        web.post("/wxa/sec/order/upload_shipping_info", with_token(upload_shipping_info)),
         web.post("/cgi-bin/menu/create", with_token(menu_create)),
         web.post("/cgi-bin/message/custom/send", with_token(custom_send)),
         web.get("/cgi-bin/user/info", with_token(user_info)),
@@ -267,13 +268,16 @@ async def membercard_activate(request: web.Request) -> web.Response:
 
 
 async def membercard_updateuser(request: web.Request) -> web.Response:
-    """Record a bonus change: `bonus` sets the balance outright, else `add_bonus` is added."""
+    """Record a bonus change: `bonus` sets the balance outright, else `add_bonus` is added; a
+    stored-value `balance` (fen) is set outright with its `record_balance`."""
     state = request.app[state_key]
     body = await read_json(request)
     if body is None or not body.get("code") or not body.get("card_id"):
         return error(47001, "data format error")
     code = body["code"]
     try:
+        if body.get("balance") is not None:
+            state.card_balance[code] = int(body["balance"])
         if body.get("bonus") is not None:
             balance = int(body["bonus"])
         else:
@@ -283,7 +287,8 @@ async def membercard_updateuser(request: web.Request) -> web.Response:
     state.card_bonus[code] = balance
     state.card_updates.append(body)
     activation = next((a for a in reversed(state.card_activations) if a.get("code") == code), {})
-    return reply({"errcode": 0, "errmsg": "ok", "result_bonus": balance, "result_balance": 0,
+    return reply({"errcode": 0, "errmsg": "ok", "result_bonus": balance,
+                  "result_balance": state.card_balance.get(code, 0),
                   "openid": activation.get("openid", f"card-holder-{code}")})
 
 
@@ -303,6 +308,18 @@ async def membercard_userinfo(request: web.Request) -> web.Response:
                   "membership_number": activation.get("membership_number", ""),
                   "bonus": state.card_bonus.get(code, 0), "balance": 0,
                   "user_card_status": "NORMAL", "has_active": True})
+
+
+async def upload_shipping_info(request: web.Request) -> web.Response:
+    """Record shipping information of a paid order: order_key (transaction_id or mchid +
+    out_trade_no), logistics_type (3: virtual goods, no shipping_list tracking), payer.openid."""
+    state = request.app[state_key]
+    body = await read_json(request)
+    if body is None or not isinstance(body.get("order_key"), dict) or body.get("logistics_type") not in (1, 2, 3, 4) \
+            or not (body.get("payer") or {}).get("openid") or not body.get("shipping_list"):
+        return error(47001, "data format error")
+    state.shipping_uploads.append(body)
+    return reply({"errcode": 0, "errmsg": "ok"})
 
 
 async def membercard_activatetempinfo(request: web.Request) -> web.Response:

@@ -105,3 +105,25 @@ async def test_make_run_serve_makes_an_admin_token_and_prints_the_dashboard(tmp_
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)
+
+
+async def test_ledger_verify_checks_wallets_too(db, migrated, redis_url):
+    from datetime import datetime, timezone
+
+    from tortoise.transactions import in_transaction
+
+    from app.domain import wallet
+    from app.models import Member, Wallet
+
+    m = await Member.create(appid="wx", openid="o-wallet", invite_code="WALLET01")
+    wallet_id = await wallet.ensure(member_id=m.id)
+    async with in_transaction() as conn:
+        await wallet.credit(conn=conn, member_id=m.id, wallet_id=wallet_id, principal_fen=50000, bonus_fen=5000,
+                            reason="recharge", key="recharge:test", now=datetime(2026, 12, 1, tzinfo=timezone.utc))
+    env = {"DATABASE_URL": migrated}
+    ok = run("ledger", "verify", "--quiet", env=env)
+    assert ok.returncode == 0 and "checked their wallets: 0 broken" in ok.stdout, ok.stdout + ok.stderr
+    await Wallet.filter(id=wallet_id).update(bonus_fen=9999)
+    broken = run("ledger", "verify", "--quiet", env=env)
+    assert broken.returncode == 1
+    assert f"member {m.id}: wallet bonus 9999 fen, entries 5000, unspent lots 5000" in broken.stdout

@@ -148,3 +148,23 @@ async def test_points_given_back_give_their_cost_back(db):
     rows = await CostEntry.all().order_by("id").values_list("key", "amount_fen")
     assert rows == [("points:redeem:x:8:1", 200), ("points:release:x:8:1", -200)]
     await assert_ledger_consistent()
+
+
+async def test_bonus_stored_value_spent_is_a_cost(db):
+    """The bonus share of a stored-value spend (wallet) leaves a cost entry, once per spend."""
+    from tortoise.transactions import in_transaction
+
+    from app.domain import wallet
+
+    costs.install()
+    m = await new_member(9)
+    wallet_id = await wallet.ensure(member_id=m.id)
+    async with in_transaction() as conn:
+        await wallet.credit(conn=conn, member_id=m.id, wallet_id=wallet_id, principal_fen=50_000, bonus_fen=5_000,
+                            reason="recharge", key="recharge:c9", now=NOW)
+    async with in_transaction() as conn:
+        taken = await wallet.debit(conn=conn, member_id=m.id, amount_fen=11_000, reason="order", key="order:c9",
+                                   now=NOW)
+    assert (taken.principal_fen, taken.bonus_fen) == (10_000, 1_000)
+    [entry] = await CostEntry.filter(kind="bonus")
+    assert (entry.amount_fen, entry.member_id) == (1_000, m.id)  # 11,000 × 5,000 / 55,000
