@@ -65,9 +65,8 @@ async def enqueue_balance(*, conn: BaseDBAsyncClient, member_id: int, key: str, 
     per member is the outbox's card channel order)."""
     payload = json.dumps({"balance": int(balance_fen), "record_balance": record}, ensure_ascii=False,
                          separators=(",", ":"))
-    created = utcnow()
-    due = min(created, now.astimezone(timezone.utc))
-    await conn.execute_query(_ENQUEUE_BALANCE[conn.capabilities.dialect], [key, payload, due, created, member_id])
+    at = now.astimezone(timezone.utc)  # raw SQL: UTC, as the ORM stores it
+    await conn.execute_query(_ENQUEUE_BALANCE[conn.capabilities.dialect], [key, payload, at, at, member_id])
 
 
 def record_text(reason: str) -> str:
