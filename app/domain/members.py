@@ -16,7 +16,6 @@ from app.domain import antiabuse
 from app.domain.clock import business_day
 from app.domain.rules import Rules
 from app.errors import DomainError, Forbidden, InvalidField, NotFound, RateLimited, Unauthenticated, Unavailable
-from app.logs import mask_phone
 from app.models import Member
 from app.wechat.client import WeChatClient, WeChatError, WeChatUnavailable
 
@@ -199,6 +198,14 @@ async def get(member_id: int) -> Member:
 _PHONE = re.compile(r"^1[3-9]\d{9}$")
 
 
+def mask_phone(phone: str | None) -> str:
+    """138****1234: the first 3 and last 4 digits, the rest hidden; a short number fully hidden;
+    no number is "". The one masking of a phone for every API, export and log."""
+    if not phone:
+        return ""
+    return f"{phone[:3]}****{phone[-4:]}" if len(phone) >= 8 else "*" * len(phone)
+
+
 async def activate_card(*, member_id: int, name: str, phone: str, birthday: str, today: date) -> Member:
     """Activate the member card with name, mainland mobile number and birthday (422 naming the field)."""
     name = (name or "").strip()
@@ -242,7 +249,7 @@ def render(member: Member, *, today: date, rules: Rules) -> dict:
         "card_activated": member.card_activated,
         "invite_code": member.invite_code,
         "name": member.name,
-        "phone": mask_phone(member.phone),
+        "phone": mask_phone(member.phone) if member.phone is not None else None,
         "birthday": member.birthday.isoformat() if member.birthday else None,
         "next_tier": ({"tier": upcoming.key, "name": upcoming.name,
                        "growth_needed": max(0, upcoming.floor - int(member.growth))}
