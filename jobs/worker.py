@@ -22,6 +22,7 @@ from redis.exceptions import LockError
 
 from app import keys, resources
 from app.config import Settings
+from app.domain import wiring
 from app.domain.clock import Clock, business_day
 from jobs.registry import Job, JobContext, load_all
 
@@ -53,6 +54,7 @@ class UnknownJob(LookupError):
 
 def resources_app(settings: Settings, clock: Clock | None = None) -> web.Application:
     """An Application with only the resource contexts, in the same order as create_app."""
+    wiring.install()  # the ledger's subscribers and the member-created step, as in create_app
     app = web.Application()
     app[keys.settings_key] = settings.with_(
         db_statement_timeout=max(settings.db_statement_timeout, JOB_STATEMENT_TIMEOUT))

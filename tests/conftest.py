@@ -125,6 +125,9 @@ async def reset_state(redis_url: str) -> None:
 @pytest.fixture
 async def db(migrated, redis_url):
     """Tortoise on the test database, emptied, for domain tests that need no HTTP."""
+    from app.domain import wiring
+
+    wiring.install()  # as create_app does: no domain test runs without card sync
     async with orm(migrated):
         await reset_state(redis_url)
         yield

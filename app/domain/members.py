@@ -6,7 +6,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
@@ -29,6 +29,46 @@ class Login:
     expires_in: int
     is_new: bool
     member: Member
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A member `login` just created, with what its "member created" step may need."""
+
+    member: Member
+    invite_code: str | None
+    redis: Redis
+    rules: Rules
+    now: datetime
+    tz: ZoneInfo
+
+
+# The "member created" step: each is awaited in order after a new member's row exists (referral
+# binding, pending payment credits...); one returning True changed the member's row, which is
+# read again. The "unionid known" step runs when a member first has a unionid (new or not).
+# Both are filled when the app is assembled (app/domain/wiring.py): members imports none of them.
+_created: list[tuple[str, Callable[[Joined], Awaitable[bool]]]] = []
+_unionid: list[tuple[str, Callable[[int, str, datetime], Awaitable[None]]]] = []
+
+
+def on_created(name: str, step: Callable[[Joined], Awaitable[bool]]) -> None:
+    """Add a step run for every new member (once per name)."""
+    if all(n != name for n, _ in _created):
+        _created.append((name, step))
+
+
+def on_unionid(name: str, step: Callable[[int, str, datetime], Awaitable[None]]) -> None:
+    """Add a step run when a member's unionid becomes known: step(member_id, unionid, now)."""
+    if all(n != name for n, _ in _unionid):
+        _unionid.append((name, step))
+
+
+async def _member_created(joined: Joined) -> None:
+    changed = False
+    for _, step in _created:
+        changed = bool(await step(joined)) or changed
+    if changed:
+        await joined.member.refresh_from_db()
 
 
 def new_invite_code() -> str:
@@ -120,25 +160,17 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
     if member is None:
         member, is_new = await _register(redis=redis, rules=rules, appid=appid, openid=openid,
                                          unionid=unionid, device_id=device_id, now=now, tz=tz)
-        if is_new and invite_code:
-            from app.domain import referral  # referral imports members: bind lazily
-
-            await referral.bind(invitee=member, invite_code=invite_code, source="login", now=now)
-        gained_unionid = is_new and bool(unionid)
         if is_new:
-            from app.domain import payments  # a small edit, kept local to the new-member path
-
-            # Orders paid before the payer was a member are credited now (once: pay:{transaction_id}).
-            if await payments.credit_pending(member=member, now=now, tz=tz, redis=redis, rules=rules):
-                await member.refresh_from_db()
+            await _member_created(Joined(member=member, invite_code=invite_code, redis=redis, rules=rules,
+                                         now=now, tz=tz))
+        gained_unionid = is_new and bool(unionid)
     elif unionid and not member.unionid:
         await Member.filter(id=member.id).update(unionid=unionid)
         member.unionid = unionid
         gained_unionid = True
     if gained_unionid:
-        from app.domain import wecom  # 企业微信 customers waiting for this unionid are linked now
-
-        await wecom.link_member(member_id=member.id, unionid=unionid, now=now)
+        for _, step in _unionid:
+            await step(member.id, unionid, now)
     if member.blacklisted:
         raise Forbidden("this member is blocked", code="blacklisted")
 
