@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from app.domain import blacklist, members
+from app.domain import blacklist, members, messages
 from app.errors import Conflict, NotFound
 from app.models import AuditLog, Coupon, CouponTemplate, Member
 
@@ -153,8 +153,6 @@ async def redeem(*, code: str, operator: str, now: datetime) -> Coupon:
 
 async def _issue_for_tiers(*, member_ids_by_tier: dict[str, list[int]], templates: dict[str, tuple],
                            month: str, now: datetime, tz) -> tuple[int, int]:
-    from app.domain import messages
-
     grants, notes = [], []
     for tier, ids in member_ids_by_tier.items():
         tpl, count = templates[tier]
