@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app import keys, resources
+from app import keys, resources, sandbox
 from app.config import Settings
 from app.domain import wiring
 from app.domain.clock import Clock
@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
                           client_max_size=MAX_BODY)
     app[keys.settings_key] = settings
     app[keys.clock_key] = Clock()
-    for ctx in (resources.orm_ctx, resources.redis_ctx, resources.http_ctx,
+    for ctx in (resources.orm_ctx, resources.redis_ctx, resources.http_ctx, sandbox.sandbox_ctx,
                 resources.wechat_ctx, resources.wecom_ctx, resources.pay_verifier_ctx, resources.pay_ctx,
                 resources.background_ctx):
         app.cleanup_ctx.append(ctx)

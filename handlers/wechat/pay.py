@@ -79,14 +79,10 @@ def _unavailable(exc: BaseException) -> web.Response:
 # -- v2 -----------------------------------------------------------------------------------------
 
 def _v2_key(request: web.Request) -> str | None:
-    settings = request.app[keys.settings_key]
+    settings, sandbox = request.app[keys.settings_key], request.app.get(keys.sandbox_key)
     if settings.pay_v2_key:
         return settings.pay_v2_key
-    if settings.sandbox:
-        from miniprogram_stub.simulator.pay import SANDBOX_V2_KEY
-
-        return SANDBOX_V2_KEY
-    return None
+    return sandbox.pay_v2_key if sandbox is not None else None  # the simulator's (app/sandbox.py)
 
 
 def _xml(ok: bool, message: str, status: int) -> web.Response:
