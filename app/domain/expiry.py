@@ -79,7 +79,7 @@ SELECT (SELECT COUNT(*) FROM posted) AS posted, (SELECT COUNT(*) FROM cleared) A
 def _chunk_pg(now: datetime) -> tuple[str, list]:
     """The chunk's statement with the subscribers' bulk hooks as CTEs, and their parameters ($5 on)."""
     hooks = ledger_events.bulk_statements(ledger_events.BulkPosted(
-        dialect="postgres", posted="posted", reason="expire", now=now, first_param=5))
+        dialect="postgres", posted="posted", reason="expire", now=now, first_param=5), one_statement=True)
     ctes = "".join(f", hook{i} AS ({sql})" for i, (sql, _) in enumerate(hooks))
     return _EXPIRE_CHUNK_PG.replace("{hooks}", ctes), [p for _, params in hooks for p in params]
 
@@ -102,7 +102,8 @@ async def _expire_chunk_sqlite(tx: BaseDBAsyncClient, params: list, now: datetim
                                               f"COUNT(DISTINCT member_id) AS m FROM ledger_entry WHERE {_DUE}"),
                                      params)
     for sql, extra in ledger_events.bulk_statements(ledger_events.BulkPosted(
-            dialect="sqlite", posted=_POSTED_SQLITE, reason="expire", now=now, first_param=4)):
+            dialect="sqlite", posted=_POSTED_SQLITE, reason="expire", now=now, first_param=4),
+            one_statement=False):
         await tx.execute_query(sql, params + extra)
     await tx.execute_query(_sql(tx, _DEBIT_MEMBERS), params)
     cleared, _ = await tx.execute_query(_sql(tx, _CLEAR_LOTS), params)

@@ -101,8 +101,10 @@ async def publish(conn: BaseDBAsyncClient, posted: Posted) -> None:
             await subscriber.on_posted(conn, posted)
 
 
-def bulk_statements(bulk: BulkPosted) -> list[tuple[str, list]]:
-    """The subscribers' SQL for a bulk posting, each numbered on from `bulk.first_param`."""
+def bulk_statements(bulk: BulkPosted, *, one_statement: bool) -> list[tuple[str, list]]:
+    """The subscribers' SQL for a bulk posting. `one_statement` (CTEs of one statement): their
+    parameters numbered on from `bulk.first_param`, one after the other; else each statement
+    runs alone and numbers its own from `bulk.first_param`."""
     statements = []
     param = bulk.first_param
     for subscriber in _subscribers:
@@ -111,7 +113,8 @@ def bulk_statements(bulk: BulkPosted) -> list[tuple[str, list]]:
         made = subscriber.bulk(BulkPosted(bulk.dialect, bulk.posted, bulk.reason, bulk.now, param))
         if made is not None:
             statements.append(made)
-            param += len(made[1])
+            if one_statement:
+                param += len(made[1])
     return statements
 
 
