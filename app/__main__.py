@@ -228,7 +228,7 @@ def cmd_card_reconcile(settings: Settings, args) -> int:
 
 
 def cmd_oa_menu_push(settings: Settings, args) -> int:
-    from handlers.wechat.menu import push_menu
+    from app.oa_menu import push_menu
 
     return asyncio.run(push_menu(settings, args.file))
 

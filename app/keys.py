@@ -26,6 +26,8 @@ scheduler_key = web.AppKey("scheduler", "AsyncIOScheduler")
 background_key = web.AppKey("background", set)
 simulator_key = web.AppKey("simulator", web.Application)
 simulator_url_key = web.AppKey("simulator_url", str)
+# Sandbox mode (app/sandbox.py): the simulator's URLs and keys, None outside sandbox mode.
+sandbox_key = web.AppKey("sandbox", object)
 # None when WeChat Pay's merchant key is not configured: cash items answer 503 pay_not_configured.
 pay_client_key = web.AppKey("pay_client", "PayClient | None")
 clock_key = web.AppKey("clock", object)

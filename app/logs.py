@@ -39,11 +39,3 @@ def setup(level: str = "INFO") -> None:
     logging.getLogger("tortoise").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
-
-def mask_phone(phone: str | None) -> str | None:
-    """138****0000: a phone number as every API and log shows it."""
-    if not phone:
-        return phone
-    if len(phone) < 7:
-        return "*" * len(phone)
-    return f"{phone[:3]}{'*' * (len(phone) - 7)}{phone[-4:]}"

@@ -94,41 +94,26 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def wechat_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The WeChat client; in sandbox mode it talks to the simulator, started here on loopback."""
+    """The WeChat clients (mini-program and official account); in sandbox mode both talk to
+    the simulator that app/sandbox.py started."""
     from app.wechat.client import WeChatClient
 
-    settings = app[keys.settings_key]
-    runner = None
+    settings, sandbox = app[keys.settings_key], app.get(keys.sandbox_key)
     base, appid, secret = settings.wechat_api_base, settings.mp_appid, settings.mp_secret
-    if settings.sandbox:
-        from miniprogram_stub.simulator import create_simulator_app
-
-        runner = web.AppRunner(create_simulator_app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp exposes no getter
-        base, appid, secret = f"http://127.0.0.1:{port}", "wx-sandbox-mp", "sandbox-secret"
-        app[keys.simulator_key] = runner.app
-        app[keys.simulator_url_key] = base
-        log.info("sandbox mode: WeChat simulator", extra={"fields": {"base": base}})
+    oa_appid, oa_secret = settings.oa_appid, settings.oa_secret
+    if sandbox is not None:
+        base, appid, secret = sandbox.base_url, sandbox.mp_appid, sandbox.mp_secret
+        # The official account is a second appid; the same simulator answers for it.
+        oa_appid, oa_secret = sandbox.oa_appid, sandbox.oa_secret
     app[keys.wechat_key] = WeChatClient(
         session=app[keys.http_key], redis=app[keys.redis_key], base_url=base,
         appid=appid, secret=secret or "",
     )
-    # The official account is a second appid; in sandbox mode the same simulator answers for it.
-    oa_appid, oa_secret = settings.oa_appid, settings.oa_secret
-    if settings.sandbox:
-        from miniprogram_stub.simulator.wechat import SANDBOX_OA_APPID, SANDBOX_OA_SECRET
-
-        oa_appid, oa_secret = SANDBOX_OA_APPID, SANDBOX_OA_SECRET
     app[keys.oa_wechat_key] = WeChatClient(
         session=app[keys.http_key], redis=app[keys.redis_key], base_url=base,
         appid=oa_appid or "", secret=oa_secret or "",
     )
     yield
-    if runner is not None:
-        await runner.cleanup()
 
 
 async def wecom_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -136,18 +121,16 @@ async def wecom_ctx(app: web.Application) -> AsyncIterator[None]:
     sandbox mode, else None (WeCom off)."""
     from app.wechat.wecom import WeComClient
 
-    settings = app[keys.settings_key]
+    settings, sandbox = app[keys.settings_key], app.get(keys.sandbox_key)
     client = None
     if settings.wecom_corp_id and settings.wecom_secret:
         client = WeComClient(session=app[keys.http_key], redis=app[keys.redis_key],
                              base_url=settings.wecom_api_base, corp_id=settings.wecom_corp_id,
                              secret=settings.wecom_secret)
-    elif settings.sandbox:
-        from miniprogram_stub.simulator.wecom import SANDBOX_CORP_ID, SANDBOX_CORP_SECRET
-
+    elif sandbox is not None:
         client = WeComClient(session=app[keys.http_key], redis=app[keys.redis_key],
-                             base_url=app[keys.simulator_url_key], corp_id=SANDBOX_CORP_ID,
-                             secret=SANDBOX_CORP_SECRET)
+                             base_url=sandbox.base_url, corp_id=sandbox.wecom_corp_id,
+                             secret=sandbox.wecom_secret)
     app[keys.wecom_key] = client
     yield
 
@@ -158,15 +141,13 @@ async def pay_ctx(app: web.Application) -> AsyncIterator[None]:
     from app.wechat.pay import load_private_key
     from app.wechat.pay_client import PayClient
 
-    settings = app[keys.settings_key]
+    settings, sandbox = app[keys.settings_key], app.get(keys.sandbox_key)
     client = None
-    if settings.sandbox:
-        from miniprogram_stub.simulator import pay as sandbox_pay
-
-        client = PayClient(session=app[keys.http_key], base_url=app[keys.simulator_url_key],
-                           mchid=sandbox_pay.SANDBOX_MCHID, appid=settings.appid,
-                           serial_no=sandbox_pay.SANDBOX_MERCHANT_SERIAL,
-                           private_key=await asyncio.to_thread(sandbox_pay.merchant_private_key))
+    if sandbox is not None:
+        client = PayClient(session=app[keys.http_key], base_url=sandbox.base_url,
+                           mchid=sandbox.pay_mchid, appid=settings.appid,
+                           serial_no=sandbox.pay_merchant_serial,
+                           private_key=await asyncio.to_thread(sandbox.merchant_private_key))
     elif settings.pay_mchid and settings.pay_private_key_path and settings.pay_cert_serial:
         key = await asyncio.to_thread(load_private_key, settings.pay_private_key_path)
         client = PayClient(session=app[keys.http_key], base_url=settings.pay_api_base,
@@ -187,7 +168,7 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
 
 
-def build_pay_verifier(settings):
+def build_pay_verifier(settings, sandbox=None):
     """The APIv3 verifier from WECHAT_PAY_APIV3_KEY + WECHAT_PAY_PUBLIC_KEY_ID / WECHAT_PAY_PUBLIC_KEY
     (comma-separated pairs while a key rotation overlaps); the simulator's test keys in sandbox
     mode; None when neither, and pay notify answers 503 pay_not_configured."""
@@ -200,15 +181,14 @@ def build_pay_verifier(settings):
             raise ValueError("WECHAT_PAY_PUBLIC_KEY_ID and WECHAT_PAY_PUBLIC_KEY must pair up")
         return PayV3Verifier(apiv3_key=settings.pay_apiv3_key.encode(),
                              public_keys={i: load_public_key(p) for i, p in zip(ids, paths)})
-    if settings.sandbox:
-        from miniprogram_stub.simulator import pay as sim
-
-        return PayV3Verifier(apiv3_key=sim.SANDBOX_APIV3_KEY,
-                             public_keys={sim.SANDBOX_PUBLIC_KEY_ID: sim.platform_public_key()})
+    if sandbox is not None:
+        return PayV3Verifier(apiv3_key=sandbox.pay_apiv3_key,
+                             public_keys={sandbox.pay_public_key_id: sandbox.platform_public_key()})
     return None
 
 
 async def pay_verifier_ctx(app: web.Application) -> AsyncIterator[None]:
     """The WeChat Pay notification verifier, built once (its keys are read from disk here)."""
-    app[keys.pay_verifier_key] = await asyncio.to_thread(build_pay_verifier, app[keys.settings_key])
+    app[keys.pay_verifier_key] = await asyncio.to_thread(build_pay_verifier, app[keys.settings_key],
+                                                         app.get(keys.sandbox_key))
     yield

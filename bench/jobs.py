@@ -83,8 +83,9 @@ async def run_one(url: str, job: str, now_iso: str) -> dict:
     """One job through its domain function, in this process; seconds and this process's peak RSS."""
     from app.config import Settings
     from app.db import orm
-    from app.domain import birthdays, expiry, rules
+    from app.domain import birthdays, expiry, rules, wiring
 
+    wiring.install()  # as create_app and the worker do: expiry queues the card pushes
     now = datetime.fromisoformat(now_iso)
     tz = Settings().tz
     today = now.astimezone(tz).date()

@@ -7,7 +7,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
-from app.errors import Malformed
+from app.errors import InvalidField, Malformed
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -28,8 +28,6 @@ async def parse(request: web.Request, model: type[M]) -> M:
 
 
 def query_int(request: web.Request, name: str, default: int, *, low: int, high: int) -> int:
-    from app.errors import InvalidField
-
     raw = request.query.get(name)
     if raw in (None, ""):
         return default

@@ -20,8 +20,9 @@ from typing import AsyncIterator
 from aiohttp import web
 from redis.exceptions import LockError
 
-from app import keys, resources
+from app import keys, resources, sandbox
 from app.config import Settings
+from app.domain import outbox, wiring
 from app.domain.clock import Clock, business_day
 from jobs.registry import Job, JobContext, load_all
 
@@ -53,11 +54,12 @@ class UnknownJob(LookupError):
 
 def resources_app(settings: Settings, clock: Clock | None = None) -> web.Application:
     """An Application with only the resource contexts, in the same order as create_app."""
+    wiring.install()  # the ledger's subscribers and the member-created step, as in create_app
     app = web.Application()
     app[keys.settings_key] = settings.with_(
         db_statement_timeout=max(settings.db_statement_timeout, JOB_STATEMENT_TIMEOUT))
     app[keys.clock_key] = clock or Clock()
-    for ctx in (resources.orm_ctx, resources.redis_ctx, resources.http_ctx,
+    for ctx in (resources.orm_ctx, resources.redis_ctx, resources.http_ctx, sandbox.sandbox_ctx,
                 resources.wechat_ctx, resources.pay_ctx, resources.wecom_ctx, resources.background_ctx):
         app.cleanup_ctx.append(ctx)
     return app
@@ -118,8 +120,6 @@ async def run_job_once(settings: Settings, name: str, *, today: date | None = No
     """
     from tqdm import tqdm
 
-    from app.models import OutboxMessage
-
     jobs = load_all()
     if name not in jobs:
         raise UnknownJob(name, sorted(jobs))
@@ -128,14 +128,14 @@ async def run_job_once(settings: Settings, name: str, *, today: date | None = No
     if today is not None and today > business:
         raise FutureDay(today, business)  # before anything starts: nothing is touched
     async with started(settings, clock) as app:
-        before = await OutboxMessage.all().order_by("-id").first().values_list("id", flat=True) or 0
+        before = await outbox.last_id()
         with tqdm(total=0, desc=name, unit="item", file=sys.stderr, leave=False) as bar:
             def total(n: int) -> None:
                 bar.total = n
                 bar.refresh()
 
             summary = await run_locked(jobs[name], context(app, today=today, total=total, advance=bar.update))
-        queued = await OutboxMessage.filter(id__gt=before).count()
+        queued = await outbox.queued_since(before)
         if not deliver or name == "deliver_outbox" or not queued:
             return {**summary, "queued": queued}
         delivered = await run_locked(jobs["deliver_outbox"], context(app))

@@ -156,6 +156,9 @@ async def redis_client(url: str, *, decode_responses: bool = True):
 @pytest.fixture
 async def db(migrated, redis_url):
     """Tortoise on the test database, emptied, for domain tests that need no HTTP."""
+    from app.domain import wiring
+
+    wiring.install()  # as create_app does: no domain test runs without card sync
     async with orm(migrated):
         await reset_state(redis_url)
         yield

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
-from app.domain import coupons
+from app.domain import coupons, messages
 from app.domain.rules import Rules
 
 BATCH = 2000
@@ -47,8 +47,6 @@ async def give_gifts(*, rules: Rules, today: date, now: datetime, tz: ZoneInfo, 
     `birthday:{member}:{year}`, the year of the birthday celebrated. Messages are queued for every
     gifted member, not only new ones, so a re-run after a crash between the two completes the set.
     """
-    from app.domain import messages
-
     rule = rules.birthday
     target = today + timedelta(days=rule.days_ahead)
     found = await members_born_on(celebrated_on(target))

@@ -53,6 +53,12 @@ async def give_new_member_pack(*, member_id: int, now: datetime, rules: Rules) -
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
+async def listing(*, limit: int = 200) -> list[dict]:
+    """The share campaigns, newest first, each with its results (GET /admin/campaigns)."""
+    rows = await Campaign.all().order_by("-id").limit(limit)
+    return [{**render(c), "results": await results(c)} for c in rows]
+
+
 def render(campaign: Campaign) -> dict:
     return {"id": campaign.id, "kind": campaign.kind, "key": campaign.key,
             "coupon_discount": campaign.coupon_discount, "points": campaign.points,

@@ -19,7 +19,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from app.domain import members
+from app.domain import ledger_events, members
 from app.errors import Conflict
 from app.models import LedgerEntry, Member, OutboxMessage
 from app.wechat.client import WeChatClient, WeChatError
@@ -71,6 +71,50 @@ async def enqueue_balance(*, conn: BaseDBAsyncClient, member_id: int, key: str, 
 
 def record_text(reason: str) -> str:
     return RECORD_TEXT.get(reason, reason)
+
+
+async def on_posted(conn: BaseDBAsyncClient, posted: ledger_events.Posted) -> None:
+    """The ledger's subscriber: a member holding a card (as the balance UPDATE returned it) gets
+    the entry's bonus push queued, in the entry's transaction (`enqueue`)."""
+    if posted.member.get("card_code") is not None:
+        # After the balance UPDATE: its row lock orders the card push against `link`.
+        await enqueue(conn=conn, member_id=posted.member_id, entry=posted.entry, now=posted.now)
+
+
+# Expiry's bulk hook: the bonus push of each entry just posted for a member holding a card, keyed
+# `card:{entry.id}` so a retried chunk queues nothing twice, inserted in entry order since the
+# outbox sends a member's card messages by id; the payload exactly as `enqueue` writes it.
+_BULK_PUSHES = {
+    "postgres": """
+    INSERT INTO outbox_message ("key", channel, kind, member_id, payload, status, attempts,
+                                next_attempt_at, created_at)
+    SELECT 'card:' || posted.id, 'card', 'bonus', posted.member_id,
+           jsonb_build_object('add_bonus', posted.delta, 'record_bonus', ${0}::text), 'pending', 0,
+           ${1}::timestamptz, ${2}::timestamptz
+    FROM {posted} JOIN member ON member.id = posted.member_id AND member.card_code IS NOT NULL
+    ORDER BY posted.id
+    ON CONFLICT ("key") DO NOTHING""",
+    "sqlite": """
+    INSERT OR IGNORE INTO outbox_message ("key", channel, kind, member_id, payload, status, attempts,
+                                          next_attempt_at, created_at)
+    SELECT 'card:' || posted.id, 'card', 'bonus', posted.member_id,
+           json_object('add_bonus', posted.delta, 'record_bonus', ?{0}), 'pending', 0, ?{1}, ?{2}
+    FROM {posted} JOIN member ON member.id = posted.member_id AND member.card_code IS NOT NULL
+    ORDER BY posted.id""",
+}
+
+
+def on_bulk(bulk: ledger_events.BulkPosted) -> tuple[str, list]:
+    """The bulk form of `on_posted` (issue 4): one INSERT … SELECT for a whole expiry chunk."""
+    if bulk.dialect not in _BULK_PUSHES:
+        raise NotImplementedError(f"card.on_bulk has no SQL for {bulk.dialect}")
+    n = bulk.first_param
+    sql = _BULK_PUSHES[bulk.dialect].replace("{posted}", bulk.posted)
+    sql = sql.replace("{0}", str(n)).replace("{1}", str(n + 1)).replace("{2}", str(n + 2))
+    # Created and due at the run's `now`, UTC like every outbox time (SQLite compares the text).
+    at = bulk.now.astimezone(timezone.utc)
+    moment = at if bulk.dialect == "postgres" else at.isoformat(" ")
+    return sql, [record_text(bulk.reason), moment, moment]
 
 
 async def enqueue(*, conn: BaseDBAsyncClient, member_id: int, entry: LedgerEntry, now: datetime) -> None:

@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.functions import Count, Sum
 
-from app.domain import points, wallet
+from app.domain import ledger_events, wallet
+from app.domain import rules as rules_module
 from app.domain.clock import add_months, day_start
 from app.domain.rules import Rules
 from app.models import CostEntry, Coupon, ExperimentAssignment, Member, Payment, Refund
@@ -82,22 +83,22 @@ async def record_coupon(*, conn: BaseDBAsyncClient, coupon: Coupon, now: datetim
                         arm=assigned.arm if assigned else None)
 
 
-async def _on_points(conn: BaseDBAsyncClient, *, member_id: int, amount: int, reason: str, key: str,
-                     debit_key: str | None, now: datetime) -> None:
-    """points' subscriber: a mall spend costs its points at rules.costs.fen_per_point; a restore
-    of such a spend (a released or refunded redemption) gives that cost back."""
-    from app.domain import rules as rules_module  # cached for a few seconds: no query per spend
-
-    fen_per_point = (await rules_module.load()).costs.fen_per_point
-    if debit_key is None:
-        if reason in POINT_SPEND_REASONS and amount > 0:
-            await record(conn=conn, kind="points", amount_fen=round(amount * fen_per_point),
-                         key=f"points:{key}", now=now, member_id=member_id, source=reason)
-        return
-    spent = await CostEntry.filter(key=f"points:{debit_key}").using_db(conn).first()
-    if spent is not None:
-        await record(conn=conn, kind="points", amount_fen=-round(amount * fen_per_point),
-                     key=f"points:{key}", now=now, member_id=member_id, source=reason, tier=spent.tier)
+async def _on_posted(conn: BaseDBAsyncClient, posted: ledger_events.Posted) -> None:
+    """The ledger's subscriber: a mall spend costs its points at rules.costs.fen_per_point; a
+    restore of such a spend (a released or refunded redemption) gives that cost back."""
+    entry = posted.entry
+    if posted.kind == "debit" and entry.reason in POINT_SPEND_REASONS and entry.delta < 0:
+        fen_per_point = (await rules_module.load()).costs.fen_per_point  # cached: no query per spend
+        await record(conn=conn, kind="points", amount_fen=round(-int(entry.delta) * fen_per_point),
+                     key=f"points:{entry.idempotency_key}", now=posted.now, member_id=posted.member_id,
+                     source=entry.reason)
+    elif posted.kind == "restore" and posted.debit_key:
+        spent = await CostEntry.filter(key=f"points:{posted.debit_key}").using_db(conn).first()
+        if spent is not None:
+            fen_per_point = (await rules_module.load()).costs.fen_per_point
+            await record(conn=conn, kind="points", amount_fen=-round(int(entry.delta) * fen_per_point),
+                         key=f"points:{entry.idempotency_key}", now=posted.now, member_id=posted.member_id,
+                         source=entry.reason, tier=spent.tier)
 
 
 async def _on_bonus(*, conn: BaseDBAsyncClient, member_id: int, bonus_fen: int, key: str, now: datetime) -> None:
@@ -108,10 +109,9 @@ async def _on_bonus(*, conn: BaseDBAsyncClient, member_id: int, bonus_fen: int, 
 
 
 def install() -> None:
-    """Subscribe to the ledger's spends and the wallet's bonus spends (idempotent): create_app
-    calls it."""
-    if _on_points not in points.SPEND_SUBSCRIBERS:
-        points.SPEND_SUBSCRIBERS.append(_on_points)
+    """Subscribe to the ledger's postings and the wallet's bonus spends (idempotent):
+    app.domain.wiring.install calls it."""
+    ledger_events.subscribe(ledger_events.Subscriber(name="costs", on_posted=_on_posted))
     wallet.on_bonus_spent(_on_bonus)
 
 

@@ -13,13 +13,24 @@ from datetime import date, datetime, timedelta, timezone
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from app.domain import blacklist, costs, members
+from app.domain import blacklist, costs, members, messages
 from app.errors import Conflict, NotFound
 from app.models import AuditLog, Coupon, CouponTemplate, Member
 
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # 31 symbols: 12 of them are ~59 bits
 CODE_LENGTH = 12
 _BATCH = 2000
+
+
+# Told of every redemption inside its transaction (experiments: the redemption metric). Filled
+# when the domain is assembled (app/domain/wiring.py): coupons imports none of them.
+_REDEEMED: list = []
+
+
+def on_redeemed(subscriber) -> None:
+    """Register `async subscriber(*, conn, coupon_id, now)`, run in the redemption's transaction."""
+    if subscriber not in _REDEEMED:
+        _REDEEMED.append(subscriber)
 
 
 def new_code() -> str:
@@ -146,9 +157,8 @@ async def redeem(*, code: str, operator: str, now: datetime, order_fen: int | No
                                   using_db=conn)
             await coupon.fetch_related("template", using_db=conn)
             await costs.record_coupon(conn=conn, coupon=coupon, now=now, order_fen=order_fen)
-            from app.domain import experiments  # it issues coupons: imported at call time
-
-            await experiments.note_redeemed(conn=conn, coupon_id=coupon.id, now=now)
+            for subscriber in _REDEEMED:
+                await subscriber(conn=conn, coupon_id=coupon.id, now=now)
     coupon = await Coupon.get(id=coupon.id).prefetch_related("template")
     if not updated:
         if coupon.used_at is not None:
@@ -159,8 +169,6 @@ async def redeem(*, code: str, operator: str, now: datetime, order_fen: int | No
 
 async def _issue_for_tiers(*, member_ids_by_tier: dict[str, list[int]], templates: dict[str, tuple],
                            month: str, now: datetime, tz) -> tuple[int, int]:
-    from app.domain import messages
-
     grants, notes = [], []
     for tier, ids in member_ids_by_tier.items():
         tpl, count = templates[tier]

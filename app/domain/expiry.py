@@ -16,8 +16,7 @@ from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from app import metrics
-from app.domain import card
+from app.domain import ledger_events, messages
 from app.domain.clock import day_start
 
 CHUNK = 5000
@@ -42,27 +41,19 @@ FROM (SELECT member_id, SUM(remaining) AS total FROM ledger_entry WHERE {_DUE} G
 WHERE member.id = due.member_id
 """
 _CLEAR_LOTS = f"UPDATE ledger_entry SET remaining = 0 WHERE {_DUE}"
-# The card bonus push (app/domain/card.py `enqueue`, issue 4) of each expire entry just posted
-# for a member holding a card: found through the chunk's lots (before they are cleared) and the
-# entry's unique key, keyed `card:{entry.id}` so a retried chunk queues nothing twice, inserted
-# in entry order since the outbox sends a member's card messages by id. The payload exactly as
-# card.enqueue writes it: {"add_bonus": delta, "record_bonus": text}.
-_CARD_PUSHES_SQLITE = """
-INSERT OR IGNORE INTO outbox_message ("key", channel, kind, member_id, payload, status, attempts,
-                                      next_attempt_at, created_at)
-SELECT 'card:' || posted.id, 'card', 'bonus', posted.member_id,
-       json_object('add_bonus', posted.delta, 'record_bonus', ?4), 'pending', 0, ?5, ?6
+# The entries a chunk just posted, for the ledger's bulk subscribers (app/domain/ledger_events.py;
+# card sync queues their bonus pushes), as SQLite reads them: found through the chunk's lots
+# (before they are cleared) and the entry's unique key.
+_POSTED_SQLITE = """(SELECT posted.id, posted.member_id, posted.delta
 FROM ledger_entry AS lot
-JOIN member ON member.id = lot.member_id AND member.card_code IS NOT NULL
 JOIN ledger_entry AS posted ON posted.idempotency_key = 'expire:' || lot.id
-WHERE lot.id > ?1 AND lot.id <= ?2 AND lot.remaining > 0 AND lot.expires_at <= ?3
-ORDER BY posted.id
-"""
+WHERE lot.id > ?1 AND lot.id <= ?2 AND lot.remaining > 0 AND lot.expires_at <= ?3) AS posted"""
 # PostgreSQL does a chunk's work in one statement after the lock: the due lots are read once
 # (one pass over the chunk's id range) and every step joins them by primary key, where the
 # statements above each scan the range again. Data-modifying CTEs all see the statement's
 # snapshot: `due` is read before any of them writes, which the member lock makes safe. Each
-# runs whether or not the final SELECT reads it.
+# runs whether or not the final SELECT reads it, the subscribers' bulk hooks ({hooks}: the card
+# pushes of the entries in `posted`) too.
 _EXPIRE_CHUNK_PG = f"""
 WITH due AS MATERIALIZED (
     SELECT id, member_id, remaining FROM ledger_entry WHERE {_DUE}
@@ -79,19 +70,18 @@ WITH due AS MATERIALIZED (
 ), cleared AS (
     UPDATE ledger_entry SET remaining = 0 FROM due WHERE ledger_entry.id = due.id
     RETURNING 1
-), pushed AS (
-    INSERT INTO outbox_message ("key", channel, kind, member_id, payload, status, attempts,
-                                next_attempt_at, created_at)
-    SELECT 'card:' || posted.id, 'card', 'bonus', posted.member_id,
-           jsonb_build_object('add_bonus', posted.delta, 'record_bonus', $5::text), 'pending', 0,
-           $6::timestamptz, $7::timestamptz
-    FROM posted JOIN member ON member.id = posted.member_id AND member.card_code IS NOT NULL
-    ORDER BY posted.id
-    ON CONFLICT ("key") DO NOTHING
-)
+){{hooks}}
 SELECT (SELECT COUNT(*) FROM posted) AS posted, (SELECT COUNT(*) FROM cleared) AS cleared,
        (SELECT COALESCE(SUM(remaining), 0) FROM due) AS s, (SELECT COUNT(DISTINCT member_id) FROM due) AS m
 """
+
+
+def _chunk_pg(now: datetime) -> tuple[str, list]:
+    """The chunk's statement with the subscribers' bulk hooks as CTEs, and their parameters ($5 on)."""
+    hooks = ledger_events.bulk_statements(ledger_events.BulkPosted(
+        dialect="postgres", posted="posted", reason="expire", now=now, first_param=5), one_statement=True)
+    ctes = "".join(f", hook{i} AS ({sql})" for i, (sql, _) in enumerate(hooks))
+    return _EXPIRE_CHUNK_PG.replace("{hooks}", ctes), [p for _, params in hooks for p in params]
 
 
 def _sql(conn: BaseDBAsyncClient, text: str) -> str:
@@ -105,21 +95,16 @@ def _param(conn: BaseDBAsyncClient, moment: datetime):
     return moment if conn.capabilities.dialect == "postgres" else moment.isoformat(" ")
 
 
-def _card_push_times(now: datetime) -> tuple[datetime, datetime]:
-    """As card.enqueue: created and due at the run's `now`, UTC like every outbox time."""
-    at = now.astimezone(timezone.utc)
-    return at, at
-
-
 async def _expire_chunk_sqlite(tx: BaseDBAsyncClient, params: list, now: datetime) -> tuple[int, int, dict]:
     """SQLite (one writer at a time): the chunk's steps as separate statements."""
     posted, _ = await tx.execute_query(_sql(tx, _POST_ENTRIES), params + [_param(tx, now)])
     _, sums = await tx.execute_query(_sql(tx, f"SELECT COALESCE(SUM(remaining), 0) AS s, "
                                               f"COUNT(DISTINCT member_id) AS m FROM ledger_entry WHERE {_DUE}"),
                                      params)
-    due, created = _card_push_times(now)
-    await tx.execute_query(_CARD_PUSHES_SQLITE,
-                           params + [card.record_text("expire"), _param(tx, due), _param(tx, created)])
+    for sql, extra in ledger_events.bulk_statements(ledger_events.BulkPosted(
+            dialect="sqlite", posted=_POSTED_SQLITE, reason="expire", now=now, first_param=4),
+            one_statement=False):
+        await tx.execute_query(sql, params + extra)
     await tx.execute_query(_sql(tx, _DEBIT_MEMBERS), params)
     cleared, _ = await tx.execute_query(_sql(tx, _CLEAR_LOTS), params)
     return posted, cleared, dict(sums[0])
@@ -139,8 +124,9 @@ async def expire_due(*, now: datetime, chunk: int = CHUNK, total=lambda n: None,
 
     Each lot's rest becomes an entry (reason "expire", key `expire:{lot_id}`, delta -remaining),
     the lot's remaining goes to 0 and Member.points down by the same sum; a member holding a
-    card gets the entry's bonus push queued (issue 4, as card.enqueue). Per chunk of `chunk`
-    due lots (an id range), one transaction: on PostgreSQL it first locks the chunk's member rows
+    card gets the entry's bonus push queued (issue 4), by the ledger's bulk subscribers
+    (card.on_bulk) in the chunk's own statement. Per chunk of `chunk` due lots (an id range),
+    one transaction: on PostgreSQL it first locks the chunk's member rows
     in id order — the same lock a spend takes first (its balance UPDATE) — so no spend can
     consume a lot between the statements; SQLite has one writer at a time anyway. A re-run
     finds nothing due; the unique key guards against a double entry all the same.
@@ -164,8 +150,8 @@ async def expire_due(*, now: datetime, chunk: int = CHUNK, total=lambda n: None,
         async with in_transaction() as tx:
             if tx.capabilities.dialect == "postgres":
                 await tx.execute_query(_LOCK_MEMBERS_PG, params)
-                _, rows = await tx.execute_query(
-                    _EXPIRE_CHUNK_PG, params + [now, card.record_text("expire"), *_card_push_times(now)])
+                statement, extra = _chunk_pg(now)
+                _, rows = await tx.execute_query(statement, params + [now] + extra)
                 sums = dict(rows[0])
                 posted, cleared = int(sums["posted"]), int(sums["cleared"])
             else:
@@ -180,7 +166,7 @@ async def expire_due(*, now: datetime, chunk: int = CHUNK, total=lambda n: None,
         result.points += amount
         result.members += members
         result.chunks += 1
-        metrics.POINTS_SPENT.labels(reason="expire").inc(amount)
+        ledger_events.publish_bulk_done(ledger_events.BulkDone(reason="expire", points=amount, entries=cleared))
         advance(cleared)
         low = high
     return result
@@ -211,8 +197,6 @@ async def remind_expiring(*, rules, today: date, now: datetime, tz: ZoneInfo, ba
     before a member's points expire: one per member per expiry day and window, period
     `{expiry_date}:{days}`, so a re-run the same day queues nothing twice.
     """
-    from app.domain import messages
-
     windows = [(days, await expiring_on(day=today + timedelta(days=days), days=days, tz=tz))
                for days in sorted(set(rules.points.remind_days), reverse=True)]
     total(sum(len(found) for _, found in windows))

@@ -6,17 +6,16 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 
-from app.domain import antiabuse, tiers
+from app.domain import antiabuse
 from app.domain.clock import business_day
 from app.domain.rules import Rules
 from app.errors import DomainError, Forbidden, InvalidField, NotFound, RateLimited, Unauthenticated, Unavailable
-from app.logs import mask_phone
 from app.models import Member
 from app.wechat.client import WeChatClient, WeChatError, WeChatUnavailable
 
@@ -31,6 +30,46 @@ class Login:
     expires_in: int
     is_new: bool
     member: Member
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A member `login` just created, with what its "member created" step may need."""
+
+    member: Member
+    invite_code: str | None
+    redis: Redis
+    rules: Rules
+    now: datetime
+    tz: ZoneInfo
+
+
+# The "member created" step: each is awaited in order after a new member's row exists (referral
+# binding, pending payment credits...); one returning True changed the member's row, which is
+# read again. The "unionid known" step runs when a member first has a unionid (new or not).
+# Both are filled when the app is assembled (app/domain/wiring.py): members imports none of them.
+_created: list[tuple[str, Callable[[Joined], Awaitable[bool]]]] = []
+_unionid: list[tuple[str, Callable[[int, str, datetime], Awaitable[None]]]] = []
+
+
+def on_created(name: str, step: Callable[[Joined], Awaitable[bool]]) -> None:
+    """Add a step run for every new member (once per name)."""
+    if all(n != name for n, _ in _created):
+        _created.append((name, step))
+
+
+def on_unionid(name: str, step: Callable[[int, str, datetime], Awaitable[None]]) -> None:
+    """Add a step run when a member's unionid becomes known: step(member_id, unionid, now)."""
+    if all(n != name for n, _ in _unionid):
+        _unionid.append((name, step))
+
+
+async def _member_created(joined: Joined) -> None:
+    changed = False
+    for _, step in _created:
+        changed = bool(await step(joined)) or changed
+    if changed:
+        await joined.member.refresh_from_db()
 
 
 def new_invite_code() -> str:
@@ -122,29 +161,17 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
     if member is None:
         member, is_new = await _register(redis=redis, rules=rules, appid=appid, openid=openid,
                                          unionid=unionid, device_id=device_id, now=now, tz=tz)
-        if is_new and invite_code:
-            from app.domain import referral  # referral imports members: bind lazily
-
-            await referral.bind(invitee=member, invite_code=invite_code, source="login", now=now)
-        gained_unionid = is_new and bool(unionid)
         if is_new:
-            from app.domain import payments  # a small edit, kept local to the new-member path
-
-            # Orders paid before the payer was a member are credited now (once: pay:{transaction_id}).
-            if await payments.credit_pending(member=member, now=now, tz=tz, redis=redis, rules=rules):
-                await member.refresh_from_db()
-            from app.domain import campaigns  # 新人礼包: once per member, a unique key
-
-            if await campaigns.give_new_member_pack(member_id=member.id, now=now, rules=rules):
-                await member.refresh_from_db()
+            await _member_created(Joined(member=member, invite_code=invite_code, redis=redis, rules=rules,
+                                         now=now, tz=tz))
+        gained_unionid = is_new and bool(unionid)
     elif unionid and not member.unionid:
         await Member.filter(id=member.id).update(unionid=unionid)
         member.unionid = unionid
         gained_unionid = True
     if gained_unionid:
-        from app.domain import wecom  # 企业微信 customers waiting for this unionid are linked now
-
-        await wecom.link_member(member_id=member.id, unionid=unionid, now=now)
+        for _, step in _unionid:
+            await step(member.id, unionid, now)
     if member.blacklisted:
         raise Forbidden("this member is blocked", code="blacklisted")
     if not is_new and (member.last_login_at is None or member.last_login_at <= now - LOGIN_MARK_EVERY):
@@ -176,8 +203,6 @@ async def _register(*, redis: Redis, rules: Rules, appid: str, openid: str, unio
             member = await Member.create(appid=appid, openid=openid, unionid=unionid, created_at=now,
                                          last_login_at=now,
                                          device_id=device_id, invite_code=new_invite_code())
-            if await tiers.start_trial(member_id=member.id, rules=rules, now=now):  # 0元升级, when enabled
-                member = await Member.get(id=member.id)
             return member, True
         except IntegrityError:
             # Either the same openid logged in twice at once, or an invite code collided.
@@ -208,6 +233,14 @@ async def get(member_id: int) -> Member:
 
 
 _PHONE = re.compile(r"^1[3-9]\d{9}$")
+
+
+def mask_phone(phone: str | None) -> str:
+    """138****1234: the first 3 and last 4 digits, the rest hidden; a short number fully hidden;
+    no number is "". The one masking of a phone for every API, export and log."""
+    if not phone:
+        return ""
+    return f"{phone[:3]}****{phone[-4:]}" if len(phone) >= 8 else "*" * len(phone)
 
 
 async def activate_card(*, member_id: int, name: str, phone: str, birthday: str, today: date) -> Member:
@@ -253,7 +286,7 @@ def render(member: Member, *, today: date, rules: Rules) -> dict:
         "card_activated": member.card_activated,
         "invite_code": member.invite_code,
         "name": member.name,
-        "phone": mask_phone(member.phone),
+        "phone": mask_phone(member.phone) if member.phone is not None else None,
         "birthday": member.birthday.isoformat() if member.birthday else None,
         "next_tier": ({"tier": upcoming.key, "name": upcoming.name,
                        "growth_needed": max(0, upcoming.floor - int(member.growth))}

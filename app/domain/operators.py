@@ -13,9 +13,8 @@ from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
-from app.domain import points
+from app.domain import members, points
 from app.errors import Conflict, InvalidField, NotFound
-from app.logs import mask_phone
 from app.models import AuditLog, Coupon, LedgerEntry, Member, Referral, TierChange
 
 SEARCH_LIMIT = 50
@@ -24,7 +23,8 @@ SEARCH_LIMIT = 50
 def render_member(member: Member) -> dict:
     """A member as operators see it: the phone masked like everywhere else."""
     return {
-        "id": member.id, "openid": member.openid, "phone": mask_phone(member.phone),
+        "id": member.id, "openid": member.openid,
+        "phone": members.mask_phone(member.phone) if member.phone is not None else None,
         "name": member.name, "tier": member.tier, "points": int(member.points),
         "growth": int(member.growth), "streak": member.streak,
         "card_activated": member.card_activated, "blacklisted": member.blacklisted,

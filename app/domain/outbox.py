@@ -24,9 +24,12 @@ from tortoise import connections
 from tortoise.functions import Count, Min
 from tortoise.transactions import in_transaction
 
-from app.domain import messages
+from app.domain import card, messages, rules, wakeup
+from app.domain import wecom as wecom_tags
+from app.domain.delivery import Permanent as _Permanent
+from app.domain.delivery import Skip as _Skip
 from app.errors import dependency_failed
-from app.models import Member, OutboxMessage
+from app.models import AuditLog, Member, OutboxMessage
 from app.wechat.client import WeChatError, WeChatUnavailable
 
 log = logging.getLogger("app.outbox")
@@ -159,8 +162,6 @@ async def _deliver(message: OutboxMessage, *, lease: datetime, wechat: Any, oa_w
             outcome = await _send_subscribe(message, wechat=wechat, settings=settings, bucket=bucket,
                                             openids=openids)
         elif message.channel == "card":
-            from app.domain import card  # written alongside; only the worker needs it
-
             await bucket.take()
             await card.push(message, wechat=oa_wechat)
             outcome = None
@@ -169,14 +170,10 @@ async def _deliver(message: OutboxMessage, *, lease: datetime, wechat: Any, oa_w
             await wechat.upload_shipping_info(**(message.payload or {}))
             outcome = None
         elif message.channel == "wecom":
-            from app.domain import rules, wecom as wecom_tags  # 企业微信 tier tags
-
             await bucket.take()
             outcome = await wecom_tags.deliver(message, client=wecom, rules=await rules.load())
         elif message.channel == "oa":
-            from app.domain import wakeup  # the wake-up's fallback: the official account
-
-            await bucket.take()
+            await bucket.take()  # the wake-up's fallback: the official account
             try:
                 await wakeup.deliver_oa(message, oa_wechat=oa_wechat)
             except LookupError as missing:
@@ -218,16 +215,6 @@ async def _retry(mine, *, message: OutboxMessage, attempts: int, error: str, now
     await mine.update(status=PENDING, attempts=attempts, last_error=error[:255],
                       next_attempt_at=now + backoff(attempts))
     return "retried"
-
-
-class _Skip(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Permanent(Exception):
-    """Retrying cannot help: the message goes to the dead letters."""
 
 
 async def _send_subscribe(message: OutboxMessage, *, wechat: Any, settings: Any, bucket: TokenBucket,
@@ -282,14 +269,30 @@ async def list_dead(*, limit: int = 100) -> list[dict]:
     return [render(m) for m in await OutboxMessage.filter(status=DEAD).order_by("-id").limit(limit)]
 
 
-async def retry_dead(*, ids: Iterable[int], now: datetime) -> int:
+async def retry_dead(*, ids: Iterable[int], now: datetime, actor: str | None = None) -> int:
     """Put dead messages back in the queue, due now with a fresh count of attempts; returns how
-    many were dead (other ids are left alone)."""
+    many were dead (other ids are left alone). With `actor` (an operator), the audit row
+    `outbox.retry` is written in the same transaction as the retry."""
     ids, now = list(ids), now.astimezone(timezone.utc)
-    if not ids:
+    if not ids and actor is None:
         return 0
-    return await OutboxMessage.filter(id__in=ids, status=DEAD).update(
-        status=PENDING, attempts=0, next_attempt_at=now, last_error=None)
+    async with in_transaction() as conn:
+        retried = await OutboxMessage.filter(id__in=ids, status=DEAD).using_db(conn).update(
+            status=PENDING, attempts=0, next_attempt_at=now, last_error=None) if ids else 0
+        if actor is not None:
+            await AuditLog.create(actor=actor, action="outbox.retry", target="outbox_message", before=None,
+                                  after={"ids": ids[:100], "retried": retried}, using_db=conn)
+    return retried
+
+
+async def last_id() -> int:
+    """The newest message's id (0 when none): what a hand run of a job counts from."""
+    return await OutboxMessage.all().order_by("-id").first().values_list("id", flat=True) or 0
+
+
+async def queued_since(last: int) -> int:
+    """How many messages were queued after the message `last`."""
+    return await OutboxMessage.filter(id__gt=last).count()
 
 
 async def depth() -> dict[tuple[str, str], int]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from typing import Any
 from decimal import ROUND_FLOOR, Decimal
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -24,13 +25,15 @@ from tortoise.expressions import F
 from tortoise.functions import Sum
 from tortoise.transactions import in_transaction
 
-from app.domain import experiments, points, tiers
+from app.domain import experiments, points, recharges, referral, rewards, tiers
 from app.domain import rules as rules_module
 from app.domain.rules import Rules
 from app.errors import DomainError
 from app.models import LedgerEntry, Member, Payment, Referral, Refund, TierChange
 
 log = logging.getLogger("app.payments")
+
+_CHINA = dt_timezone(timedelta(hours=8))
 
 
 class PaymentNotRecorded(DomainError):
@@ -222,8 +225,6 @@ async def sweep_effects(*, redis: Redis, rules: Rules, now: datetime, tz: ZoneIn
     for member in await Member.filter(openid__in=list(openids)) if openids else []:
         summary["seen"] += 1
         summary["credited"] += await credit_pending(member=member, now=now, tz=tz, redis=redis, rules=rules)
-    from app.domain import referral
-
     waiting = await Referral.filter(rewarded_at=None, reward_skipped=None).limit(batch * 10) \
         .values_list("invitee_id", flat=True)
     payers = await Payment.filter(member_id__in=list(waiting), credited=True, paid_at__gte=since,
@@ -246,8 +247,6 @@ async def sweep_effects(*, redis: Redis, rules: Rules, now: datetime, tz: ZoneIn
 
 async def _after_paid(*, redis: Redis | None, rules: Rules, member_id: int, payment_id: int,
                       now: datetime, tz: ZoneInfo) -> None:
-    from app.domain import referral  # referral's reward reads payments' rows: import at call time
-
     await referral.note_paid(invitee_id=member_id, now=now)
     if redis is None:
         return
@@ -392,8 +391,7 @@ async def record_refund(*, rules: Rules, refund_id: str, transaction_id: str, re
             await Refund.filter(id=refund.id).using_db(conn).update(points_taken=take_points,
                                                                     growth_taken=take_growth)
             if row.out_trade_no.startswith("rd"):
-                from app.domain import rewards  # a points-mall order: its redemption gives back its share
-
+                # a points-mall order: its redemption gives back its share
                 await rewards.reverse(conn=conn, out_trade_no=row.out_trade_no, refund_id=refund_id,
                                       refunded_fen=refunded, total_fen=total, now=now)
     except IntegrityError:
@@ -403,3 +401,131 @@ async def record_refund(*, rules: Rules, refund_id: str, transaction_id: str, re
         return RefundOutcome(refund_id=existing.id, created=False, points_taken=int(existing.points_taken),
                              growth_taken=int(existing.growth_taken))
     return RefundOutcome(refund_id=refund.id, created=True, points_taken=take_points, growth_taken=take_growth)
+
+
+# -- what a notification means -------------------------------------------------------------------
+# The handler (handlers/wechat/pay.py) verifies and decrypts a WeChat Pay notification; these
+# decide what it means: which states are acted on, whose appid, which amounts, and that "rd…"
+# orders are points-mall redemptions.
+
+class MalformedNotification(Exception):
+    """A verified notification whose decrypted resource lacks what we need (a 400)."""
+
+
+async def on_notification(*, event_type: str, resource: dict[str, Any], redis: Redis, pay: Any, appid: str,
+                          now: datetime, tz: ZoneInfo) -> None:
+    """Apply one verified APIv3 notification: TRANSACTION.SUCCESS with trade_state SUCCESS for our
+    appid records the payment (payer_total, else total) and completes its redemption ("rd…") or
+    credits its stored-value recharge ("rc…"); REFUND.SUCCESS records the refund (payer_refund,
+    else refund) and gives back a recharge's stored value; anything else is acknowledged
+    and not acted on. MalformedNotification for a resource missing what we need."""
+    if event_type == "TRANSACTION.SUCCESS":
+        if resource.get("trade_state", "SUCCESS") != "SUCCESS":
+            log.info("pay notify: trade_state %s ignored", resource.get("trade_state"))
+            return
+        if resource.get("appid") not in (None, appid):
+            log.warning("pay notify: payment for another appid ignored")
+            return
+        amount = _dict(resource, "amount")
+        await record_payment(
+            redis=redis, rules=await rules_module.load(), appid=appid,
+            transaction_id=_text(resource, "transaction_id"), out_trade_no=_text(resource, "out_trade_no", ""),
+            openid=_text(_dict(resource, "payer"), "openid"), total_fen=_fen(amount, "total"),
+            payer_total_fen=_fen(amount, "payer_total", amount.get("total")),
+            paid_at=_rfc3339(resource.get("success_time"), now), now=now, tz=tz)
+        await _redemption_paid(pay, resource.get("out_trade_no"), resource.get("transaction_id"), now)
+        if str(resource.get("out_trade_no", "")).startswith("rc"):  # a stored-value recharge
+            await recharges.on_paid(out_trade_no=resource["out_trade_no"], transaction_id=resource["transaction_id"],
+                                    mchid=str(resource.get("mchid", "")),
+                                    paid_at=_rfc3339(resource.get("success_time"), now), now=now)
+    elif event_type == "REFUND.SUCCESS":
+        if resource.get("refund_status", "SUCCESS") != "SUCCESS":
+            return
+        amount = _dict(resource, "amount")
+        await record_refund(
+            rules=await rules_module.load(), refund_id=_text(resource, "refund_id"),
+            transaction_id=_text(resource, "transaction_id"),
+            refund_fen=_fen(amount, "payer_refund", amount.get("refund")), now=now)
+        if str(resource.get("out_trade_no", "")).startswith("rc"):  # a recharge: its stored value goes back
+            await recharges.on_refunded(out_trade_no=resource["out_trade_no"], refund_id=resource["refund_id"],
+                                        refund_fen=_fen(amount, "refund"), now=now)
+    else:
+        log.info("pay notify: event %s acknowledged, not acted on", event_type)
+
+
+async def on_v2_payment(*, params: dict[str, str], redis: Redis, pay: Any, appid: str, now: datetime,
+                        tz: ZoneInfo) -> None:
+    """Apply one verified v2 payment notification: result_code SUCCESS for our appid records the
+    payment (cash_fee, else total_fee) and completes its redemption ("rd…"); else nothing."""
+    if params.get("result_code") != "SUCCESS":
+        return  # a failed payment: nothing to award
+    if params.get("appid") not in (None, appid):
+        return
+    total = _fen(params, "total_fee")
+    await record_payment(
+        redis=redis, rules=await rules_module.load(), appid=appid,
+        transaction_id=_text(params, "transaction_id"), out_trade_no=_text(params, "out_trade_no", ""),
+        openid=_text(params, "openid"), total_fen=total, payer_total_fen=_fen(params, "cash_fee", total),
+        paid_at=_time_end(params.get("time_end"), now), now=now, tz=tz, source="v2")
+    await _redemption_paid(pay, params.get("out_trade_no"), params.get("transaction_id"), now)
+
+
+async def on_v2_refund(*, info: dict[str, str], now: datetime) -> None:
+    """Apply one decrypted v2 refund notification: refund_status SUCCESS records the refund, its
+    refund_fee a share of total_fee (not of cash_fee); else nothing."""
+    if info.get("refund_status") != "SUCCESS":
+        return
+    await record_refund(
+        rules=await rules_module.load(), refund_id=_text(info, "refund_id"),
+        transaction_id=_text(info, "transaction_id"), refund_fen=_fen(info, "refund_fee"), now=now,
+        against_total=True)
+
+
+async def _redemption_paid(pay: Any, out_trade_no: Any, transaction_id: Any, now: datetime) -> None:
+    # "rd…" orders are points-mall redemptions (app/domain/rewards.py): the payment completes them,
+    # once (on_paid is conditional), and a retried notification completes one a failure left pending;
+    # one that arrives after the hold was released is refunded.
+    if isinstance(out_trade_no, str) and out_trade_no.startswith("rd"):
+        await rewards.on_paid(out_trade_no=out_trade_no, transaction_id=str(transaction_id), now=now, pay=pay)
+
+
+def _dict(data: dict, name: str) -> dict:
+    value = data.get(name)
+    if not isinstance(value, dict):
+        raise MalformedNotification(f"{name} is not an object")
+    return value
+
+
+def _text(data: dict, name: str, default: str | None = None) -> str:
+    value = data.get(name, default)
+    if not isinstance(value, str) or (default is None and not value) or len(value) > 64:
+        raise MalformedNotification(f"{name} is not a string of 1-64 characters")
+    return value
+
+
+def _fen(data: dict, name: str, default: Any = None) -> int:
+    value = data.get(name, default)
+    if isinstance(value, str) and value.isdigit() and len(value) < 16:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 10**13:
+        raise MalformedNotification(f"{name} is not an amount in fen")
+    return value
+
+
+def _rfc3339(value: Any, default: datetime) -> datetime:
+    if value is None:
+        return default
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise MalformedNotification("success_time is not RFC 3339") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=_CHINA)
+
+
+def _time_end(value: Any, default: datetime) -> datetime:
+    if not value:
+        return default
+    try:
+        return datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=_CHINA)
+    except (TypeError, ValueError):
+        raise MalformedNotification("time_end is not yyyyMMddHHmmss") from None

@@ -17,17 +17,10 @@ from tortoise.expressions import F
 from tortoise.functions import Sum
 from tortoise.transactions import in_transaction
 
-from app import metrics
-from app.domain import card
+from app.domain import ledger_events
 from app.domain.clock import add_months
 from app.errors import InsufficientPoints, NotFound
 from app.models import LedgerEntry, LotUse, Member
-
-
-# Subscribers told of every debit and restore inside its transaction (costs records the points
-# mall's spends): `async (conn, *, member_id, amount, reason, key, debit_key, now)`, debit_key
-# set on a restore. The ledger never imports its consumers; create_app fills this list.
-SPEND_SUBSCRIBERS: list = []
 
 
 @dataclass(frozen=True)
@@ -81,6 +74,13 @@ async def move_balance(*, conn: BaseDBAsyncClient, member_id: int, points: int, 
     return rows[0] if rows else None
 
 
+async def _publish(conn: BaseDBAsyncClient, kind: str, entry: LedgerEntry, member_id: int, row: dict,
+                   now: datetime, debit_key: str | None = None) -> None:
+    await ledger_events.publish(conn, ledger_events.Posted(
+        kind=kind, entry=entry, member_id=member_id, balance=int(row["points"]), member=row, now=now,
+        debit_key=debit_key))
+
+
 async def credit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason: str, key: str,
                  now: datetime, expiry_months: int, growth: int = 0,
                  capped_on: date | None = None, note: str = "", also: dict | None = None) -> Posting:
@@ -96,15 +96,12 @@ async def credit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason
     row = await move_balance(conn=conn, member_id=member_id, points=amount, growth=growth, also=also)
     if row is None:
         raise NotFound(f"member {member_id} not found", code="member_not_found")
-    if row["card_code"] is not None:
-        # After the balance UPDATE: its row lock orders the card push against card.link.
-        await card.enqueue(conn=conn, member_id=member_id, entry=entry, now=now)
     balance = int(row["points"])
+    await _publish(conn, "credit", entry, member_id, row, now)
     debt_before = max(0, amount - balance)
     if debt_before and amount > 0:
         entry.remaining = max(0, amount - debt_before)
         await LedgerEntry.filter(id=entry.id).using_db(conn).update(remaining=entry.remaining)
-    metrics.POINTS_ISSUED.labels(reason=reason).inc(amount)
     return Posting(entry=entry, balance=balance, created=True, growth=int(row["growth"]),
                    tier=row["tier"])
 
@@ -130,14 +127,9 @@ async def debit(*, conn: BaseDBAsyncClient, member_id: int, amount: int, reason:
         if not await Member.filter(id=member_id).using_db(conn).exists():
             raise NotFound(f"member {member_id} not found", code="member_not_found")
         raise InsufficientPoints(f"not enough points for {amount}")
-    if row["card_code"] is not None:
-        await card.enqueue(conn=conn, member_id=member_id, entry=entry, now=now)
+    await _publish(conn, "debit", entry, member_id, row, now)
     await _consume_lots(conn=conn, member_id=member_id, amount=amount, first_lot=first_lot,
                         debit_id=entry.id if keep_lots else None)
-    for subscriber in SPEND_SUBSCRIBERS:
-        await subscriber(conn, member_id=member_id, amount=amount, reason=reason, key=key, debit_key=None,
-                         now=now or entry.created_at)
-    metrics.POINTS_SPENT.labels(reason=reason).inc(amount)
     return Posting(entry=entry, balance=int(row["points"]), created=True, growth=int(row["growth"]),
                    tier=row["tier"])
 
@@ -185,8 +177,7 @@ async def restore(*, conn: BaseDBAsyncClient, member_id: int, debit_key: str, am
     row = await move_balance(conn=conn, member_id=member_id, points=amount)  # the member's row lock
     if row is None:
         raise NotFound(f"member {member_id} not found", code="member_not_found")
-    if row["card_code"] is not None:
-        await card.enqueue(conn=conn, member_id=member_id, entry=entry, now=now)
+    await _publish(conn, "restore", entry, member_id, row, now, debit_key=debit_key)
     before = int(row["points"]) - amount
     # What may go back into live lots: a debt (negative balance) is paid first.
     room = max(0, before + amount) - max(0, before)
@@ -218,16 +209,11 @@ async def restore(*, conn: BaseDBAsyncClient, member_id: int, debit_key: str, am
                                          idempotency_key=f"{key}:expired", remaining=0, note=note,
                                          using_db=conn)
         after = await move_balance(conn=conn, member_id=member_id, points=-expired)
-        if after["card_code"] is not None:
-            await card.enqueue(conn=conn, member_id=member_id, entry=lapse, now=now)
+        await _publish(conn, "lapse", lapse, member_id, after, now)
         # The lapsed share paid no debt and added no remaining; if the debt was paid from it,
         # take that share of remaining back off the live lots.
         await _trim_remaining(conn=conn, member_id=member_id, balance=int(after["points"]))
         row = after
-    for subscriber in SPEND_SUBSCRIBERS:
-        await subscriber(conn, member_id=member_id, amount=amount, reason=reason, key=key, debit_key=debit_key,
-                         now=now)
-    metrics.POINTS_ISSUED.labels(reason=reason).inc(amount)
     return Posting(entry=entry, balance=int(row["points"]), created=True, growth=int(row["growth"]),
                    tier=row["tier"])
 

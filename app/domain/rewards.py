@@ -23,7 +23,7 @@ from tortoise.expressions import F
 from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
-from app.domain import blacklist, points
+from app.domain import blacklist, coupons, points
 from app.domain import rules as rules_mod
 from app.errors import Conflict, InvalidField, NotFound, Unavailable
 from app.models import AuditLog, Coupon, CouponTemplate, Member, Redemption, Reward
@@ -119,8 +119,6 @@ async def _issue_coupon(*, conn, redemption: Redemption, now: datetime) -> Coupo
     template_id = (await Reward.get(id=redemption.reward_id).using_db(conn)).coupon_template_id
     if template_id is None:
         return None
-    from app.domain import coupons  # the coupons module is optional for items without a coupon
-
     template = await CouponTemplate.get(id=template_id).using_db(conn)
     coupon, _ = await coupons.issue(member_id=redemption.member_id, template=template,
                                     issue_key=f"reward:{redemption.id}", now=now, conn=conn)
@@ -128,7 +126,7 @@ async def _issue_coupon(*, conn, redemption: Redemption, now: datetime) -> Coupo
 
 
 def _trade_no() -> str:
-    # "rd" tells the payment notification handler this order is a points-mall redemption.
+    # "rd" tells payments.on_notification this order is a points-mall redemption.
     return "rd" + secrets.token_hex(15)
 
 
@@ -286,6 +284,17 @@ async def create(*, name: str, points_cost: int, cash_fen: int, stock: int, per_
         await AuditLog.create(actor=actor, action="rewards.create", target=f"reward:{reward.id}",
                               before=None, after=render_admin(reward), using_db=conn)
     return reward
+
+
+async def listing(*, limit: int = 500) -> list[Reward]:
+    """Every reward, newest first (the admin's catalogue, `limit` at most)."""
+    return await Reward.all().order_by("-id").limit(limit)
+
+
+async def redemptions(*, status: str | None = None, limit: int = 500) -> list[Redemption]:
+    """The newest redemptions, of one status or all (the admin's view, `limit` at most)."""
+    query = Redemption.filter(status=status) if status else Redemption.all()
+    return await query.order_by("-id").limit(limit)
 
 
 def render_admin(reward: Reward) -> dict:

@@ -22,6 +22,8 @@ from typing import Any, AsyncIterator
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
+from app.domain.members import mask_phone  # one masking everywhere (segments.mask_phone too)
+
 SEGMENTS = {"new": "新会员", "active": "活跃", "silent": "沉睡", "high_value": "高价值"}
 NEW_DAYS = 30
 SILENT_DAYS = 90
@@ -85,13 +87,6 @@ async def recompute(*, now: datetime, today: date) -> dict:
     counts = {name: 0 for name in SEGMENTS}
     counts.update({row["segment"]: int(row["n"]) for row in rows})
     return counts
-
-
-def mask_phone(phone: str | None) -> str:
-    """138****1234: the first 3 and last 4 digits, the rest hidden; short numbers fully hidden."""
-    if not phone:
-        return ""
-    return f"{phone[:3]}****{phone[-4:]}" if len(phone) >= 8 else "*" * len(phone)
 
 
 async def members_of(*, segment: str, batch: int = 5000, reads: Any = None) -> AsyncIterator[list[dict]]:

@@ -12,7 +12,7 @@ from tortoise.expressions import F
 from tortoise.functions import Count, Sum
 from tortoise.transactions import in_transaction
 
-from app.domain import wecom
+from app.domain import messages, wecom
 from app.domain.clock import business_day
 from app.domain.rules import Rules
 from app.models import Member, Payment, TierChange, TierTrial
@@ -210,8 +210,6 @@ async def welcome_upgrades(*, rules: Rules, now, since, tz, batch: int = 2000,
     """A subscription message (kind "tier_upgrade") for each move up since `since`, once:
     key `tier_upgrade:{member}:{tier_change_id}`, so re-runs and overlapping windows queue none twice.
     """
-    from app.domain import messages
-
     since = since.astimezone(timezone.utc)  # SQLite compares datetimes as text
     ups = [row for row in await TierChange.filter(created_at__gte=since).order_by("id")
            .values_list("id", "member_id", "from_tier", "to_tier", "created_at")

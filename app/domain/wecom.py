@@ -22,6 +22,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from app.domain import messages
+from app.domain.delivery import Permanent, Skip
 from app.domain.rules import Rules
 from app.errors import Conflict, InvalidField, NotFound
 from app.models import AuditLog, Member, WeComBroadcast, WeComBroadcastSend, WeComContact, WeComSteward, WeComTag
@@ -97,14 +98,12 @@ async def deliver(message, *, client, rules: Rules) -> str | None:
     """Send one queued mark_tag: the member's current tier's tag added, the other tier tags
     removed. 40096: the contact is marked invalid and the message skipped; 40068: the tag ids
     are looked up again and the call made once more; 301002: dead (the group is not ours)."""
-    from app.domain.outbox import _Permanent, _Skip  # the outbox's own outcomes
-
     if client is None:
-        raise _Permanent("wecom is not configured")
+        raise Permanent("wecom is not configured")
     contact_id = int(((message.payload or {}).get("values") or {}).get("contact_id") or 0)
     contact = await WeComContact.get_or_none(id=contact_id)
     if contact is None or contact.state != ACTIVE or contact.member_id is None:
-        raise _Skip("contact_gone")
+        raise Skip("contact_gone")
     tier = (await Member.filter(id=contact.member_id).values_list("tier", flat=True))[0]
     for attempt in range(2):
         tags = await ensure_tags(client=client, rules=rules, refresh=attempt > 0)
@@ -116,11 +115,11 @@ async def deliver(message, *, client, rules: Rules) -> str | None:
         except WeChatError as exc:
             if exc.errcode == INVALID_EXTERNAL_USER:
                 await WeComContact.filter(id=contact.id).update(state=INVALID)
-                raise _Skip("invalid_external_user") from None
+                raise Skip("invalid_external_user") from None
             if exc.errcode == INVALID_TAG and attempt == 0:
                 continue  # a tag deleted by hand: find or create the tags again
             if exc.errcode in (INVALID_TAG, TAG_NOT_OWNED):
-                raise _Permanent(f"{exc.errcode}: {exc.errmsg}") from None
+                raise Permanent(f"{exc.errcode}: {exc.errmsg}") from None
             raise
     raise AssertionError("unreachable")
 

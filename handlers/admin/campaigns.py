@@ -6,7 +6,6 @@ from pydantic import BaseModel, Field, StrictInt, StrictStr
 
 from app import keys
 from app.domain import campaigns, wakeup
-from app.models import Campaign
 from handlers.admin.auth import require_admin
 from handlers.bodies import parse
 
@@ -23,9 +22,7 @@ class CampaignBody(BaseModel):
 
 async def listing(request: web.Request) -> web.Response:
     require_admin(request)
-    rows = await Campaign.all().order_by("-id").limit(200)
-    items = [{**campaigns.render(c), "results": await campaigns.results(c)} for c in rows]
-    return web.json_response({"items": items, "wakeup": await wakeup.results()})
+    return web.json_response({"items": await campaigns.listing(), "wakeup": await wakeup.results()})
 
 
 async def create(request: web.Request) -> web.Response:

@@ -6,7 +6,6 @@ from pydantic import BaseModel, Field, StrictInt
 
 from app import keys
 from app.domain import outbox
-from app.models import AuditLog
 from handlers.admin.auth import require_admin
 from handlers.bodies import parse, query_int
 
@@ -24,7 +23,5 @@ async def dead(request: web.Request) -> web.Response:
 async def retry(request: web.Request) -> web.Response:
     actor = require_admin(request)
     body = await parse(request, RetryBody)
-    retried = await outbox.retry_dead(ids=body.ids, now=request.app[keys.clock_key].now())
-    await AuditLog.create(actor=actor, action="outbox.retry", target="outbox_message",
-                          before=None, after={"ids": body.ids[:100], "retried": retried})
+    retried = await outbox.retry_dead(ids=body.ids, now=request.app[keys.clock_key].now(), actor=actor)
     return web.json_response({"retried": retried})

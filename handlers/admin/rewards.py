@@ -8,7 +8,6 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
 
 from app.domain import rewards
 from app.errors import InvalidField
-from app.models import Redemption, Reward
 from handlers.admin.auth import require_admin
 from handlers.bodies import parse
 
@@ -24,7 +23,7 @@ class RewardBody(BaseModel):
 
 async def listing(request: web.Request) -> web.Response:
     require_admin(request)
-    items = await Reward.all().order_by("-id").limit(500)
+    items = await rewards.listing(limit=500)
     return web.json_response({"items": [rewards.render_admin(r) for r in items]})
 
 
@@ -38,8 +37,7 @@ async def redemptions(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise InvalidField("status", f"one of {', '.join(STATUSES)}")
-    query = Redemption.filter(status=status) if status else Redemption.all()
-    items = await query.order_by("-id").limit(500)
+    items = await rewards.redemptions(status=status, limit=500)
     return web.json_response({"items": [rewards.render_redemption_admin(r) for r in items]})
 
 

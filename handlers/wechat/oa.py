@@ -31,8 +31,6 @@ from handlers.wechat.oa_routes import OAContext, router
 
 log = logging.getLogger("app.oa")
 
-SANDBOX_TOKEN = "sandbox-oa-token"
-SANDBOX_APPID = "wx-sandbox-oa"
 DEDUP_TTL = 300
 # a (timestamp, nonce) is remembered while its timestamp could still pass the window: a
 # timestamp up to 5 minutes ahead stays acceptable until 5 minutes after it
@@ -41,15 +39,16 @@ SEEN_TTL = 2 * MAX_SKEW_SECONDS + 60
 RETRY_POLL = 0.05
 
 
-def _token(settings) -> str | None:
-    return settings.oa_token or (SANDBOX_TOKEN if settings.sandbox else None)
+def _token(app: web.Application) -> str | None:
+    sandbox = app.get(keys.sandbox_key)  # the simulator's token in sandbox mode (app/sandbox.py)
+    return app[keys.settings_key].oa_token or (sandbox.oa_token if sandbox is not None else None)
 
 
 async def _authentic(request: web.Request) -> None:
     """Refuse (403) a request whose signature is bad, whose timestamp is more than 5 minutes
     from the app's clock, or whose (timestamp, nonce) was seen before; the body is not read."""
     app = request.app
-    token = _token(app[keys.settings_key])
+    token = _token(app)
     if token is None:
         raise web.HTTPServiceUnavailable(text="official account token not configured")
     q = request.query
@@ -87,7 +86,7 @@ async def receive(request: web.Request) -> web.Response:
     crypto = None
     try:
         if encrypted:
-            crypto = _crypto(settings)
+            crypto = _crypto(request.app)
             raw = crypto.decrypt(raw, q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", ""))
         msg = parse_message(parse_xml(raw))
     except OASignatureError:
@@ -121,11 +120,13 @@ async def receive(request: web.Request) -> web.Response:
     return web.Response(text=reply, content_type="application/xml")
 
 
-def _crypto(settings) -> OACrypto:
+def _crypto(app: web.Application) -> OACrypto:
+    settings, sandbox = app[keys.settings_key], app.get(keys.sandbox_key)
     if not settings.oa_aes_key:
         raise OAProtocolError("safe mode push but WECHAT_OA_AES_KEY is not set")
     try:
-        return OACrypto(_token(settings), settings.oa_aes_key, settings.oa_appid or SANDBOX_APPID)
+        appid = settings.oa_appid or (sandbox.oa_appid if sandbox is not None else "")
+        return OACrypto(_token(app), settings.oa_aes_key, appid)
     except ValueError as exc:
         log.error("WECHAT_OA_AES_KEY is unusable", extra={"fields": {"reason": str(exc)}})
         raise web.HTTPServiceUnavailable(text="safe mode misconfigured") from None

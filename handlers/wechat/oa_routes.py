@@ -15,8 +15,8 @@ from aiohttp import web
 
 from app import keys
 from app.domain import card, checkin, followers, referral, rules, tasks
+from app.domain.followers import Member  # the member type the domain hands back
 from app.domain.clock import business_day
-from app.models import Member
 from app.wechat.oa import OAMessage
 from app.wechat.oa_router import Router
 

@@ -24,12 +24,10 @@ REPLAY_TTL = 600
 
 
 def _crypto(app: web.Application) -> WeComCrypto:
-    settings = app[keys.settings_key]
+    settings, sandbox = app[keys.settings_key], app.get(keys.sandbox_key)
     token, aes_key, corp = settings.wecom_token, settings.wecom_aes_key, settings.wecom_corp_id
-    if settings.sandbox and not (token or aes_key or corp):
-        from miniprogram_stub.simulator.wecom import SANDBOX_CORP_ID, SANDBOX_WECOM_AES_KEY, SANDBOX_WECOM_TOKEN
-
-        token, aes_key, corp = SANDBOX_WECOM_TOKEN, SANDBOX_WECOM_AES_KEY, SANDBOX_CORP_ID
+    if sandbox is not None and not (token or aes_key or corp):  # the simulated corp (app/sandbox.py)
+        token, aes_key, corp = sandbox.wecom_token, sandbox.wecom_aes_key, sandbox.wecom_corp_id
     if not (token and aes_key and corp) or app.get(keys.wecom_key) is None:
         raise web.HTTPServiceUnavailable(text="wecom not configured")
     try:

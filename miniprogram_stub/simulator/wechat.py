@@ -36,6 +36,7 @@ SCENE_MAX = 32
 # The official account's credentials the simulator also accepts (the OA is its own appid).
 SANDBOX_OA_APPID = "wx-sandbox-oa"
 SANDBOX_OA_SECRET = "sandbox-oa-secret"
+SANDBOX_OA_TOKEN = "sandbox-oa-token"  # the official account's callback token in sandbox mode
 
 
 def create_simulator_app(*, appid: str = "wx-sandbox-mp", secret: str = "sandbox-secret",

@@ -195,6 +195,7 @@ async def test_card_messages_keep_each_member_s_order(wechat, settings, monkeypa
     fake.push = push
     monkeypatch.setitem(sys.modules, "app.domain.card", fake)
     monkeypatch.setattr(app.domain, "card", fake, raising=False)
+    monkeypatch.setattr("app.domain.outbox.card", fake)  # the outbox imports card at the top
 
     one, two = await new_member("o-1"), await new_member("o-2")
     rows = []

@@ -47,3 +47,28 @@ async def test_admin_outbox_needs_the_token_and_a_good_body(client):
     assert resp.status == 422
     resp = await client.get("/admin/outbox/dead?limit=0", headers=ADMIN)
     assert resp.status == 422
+
+
+async def test_a_retry_and_its_audit_row_are_one_transaction(client, login, settings, sim_state, clock,
+                                                             monkeypatch):
+    clock.travel_to(NOW)
+    member = await login("o-dead-2")
+    await member.post("/mp/subscriptions", json={"accepted": [settings.templates["coupon"]]})
+    await messages.enqueue(member_id=member.id, kind="coupon", period="y", now=NOW,
+                           values={"title": "满100减20", "amount": 20, "expires_on": "2026-12-31"})
+    wechat = client.app[keys.wechat_key]
+    sim_state.down = True
+    await outbox.deliver_due(wechat=wechat, oa_wechat=wechat, settings=settings.with_(outbox_max_attempts=1),
+                             now=NOW)
+    sim_state.down = False
+    dead = await OutboxMessage.get(member_id=member.id)
+    assert dead.status == "dead"
+
+    async def refused(*args, **kwargs):
+        raise RuntimeError("the audit log refused the row")
+
+    monkeypatch.setattr(AuditLog, "create", refused)
+    resp = await client.post("/admin/outbox/retry", json={"ids": [dead.id]}, headers=ADMIN)
+    assert resp.status == 500
+    # No audit row, so no retry either: the message is still a dead letter.
+    assert (await OutboxMessage.get(id=dead.id)).status == "dead"

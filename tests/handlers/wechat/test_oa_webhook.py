@@ -577,7 +577,7 @@ async def test_activation_with_a_bad_form_replies_the_field(client, member, sim_
 async def test_menu_push_is_recorded_by_the_simulator(settings, sim_state):
     import json
 
-    from handlers.wechat.menu import push_menu
+    from app.oa_menu import push_menu
 
     assert await push_menu(settings, "handlers/wechat/menu.json") == 0
     with open("handlers/wechat/menu.json", encoding="utf-8") as f:
@@ -585,7 +585,7 @@ async def test_menu_push_is_recorded_by_the_simulator(settings, sim_state):
 
 
 async def test_menu_push_refuses_a_bad_file_and_missing_credentials(settings, sim_state, tmp_path):
-    from handlers.wechat.menu import push_menu
+    from app.oa_menu import push_menu
 
     bad = tmp_path / "menu.json"
     bad.write_text('{"button": [{"type": "click", "name": "x"}]}')
@@ -596,7 +596,7 @@ async def test_menu_push_refuses_a_bad_file_and_missing_credentials(settings, si
 
 
 async def test_menu_push_in_sandbox_is_a_dry_run(settings, capsys):
-    from handlers.wechat.menu import push_menu
+    from app.oa_menu import push_menu
 
     assert await push_menu(settings.with_(mp_appid=None, oa_appid=None), "handlers/wechat/menu.json") == 0
     assert "CHECKIN" in capsys.readouterr().out
