@@ -136,8 +136,15 @@ async def reset_state(redis_url: str) -> None:
     rules.forget()
     client = await redis_client(redis_url, decode_responses=False)
     try:
-        await client.flushdb()  # on a cluster: every master
-        await client.set("members-test:claim", os.getpid(), ex=3600)
+        if CLUSTER:
+            await client.flushdb()  # every master; the cluster is this run's own
+            await client.set("members-test:claim", os.getpid(), ex=3600)
+        else:
+            # One transaction: between a bare FLUSHDB and the claim another run could claim this db.
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.flushdb()
+                pipe.set("members-test:claim", os.getpid(), ex=3600)
+                await pipe.execute()
     finally:
         await client.aclose()
 
