@@ -76,3 +76,13 @@ async def orm(database_url: str, statement_timeout: float | None = None) -> Asyn
 
 # For the `tortoise` CLI (makemigrations) during development.
 TORTOISE_ORM = tortoise_config(os.environ.get("DATABASE_URL") or "sqlite://data/dev.sqlite3")
+
+
+def asyncpg_client():
+    """Tortoise's default connection when it is asyncpg, else None (SQLite): the hot paths'
+    own SQL (`acquire_connection()` → an asyncpg connection from Tortoise's pool, whose
+    statement cache prepares each statement once per connection)."""
+    from tortoise.backends.asyncpg.client import AsyncpgDBClient
+
+    client = connections.get("default")
+    return client if isinstance(client, AsyncpgDBClient) else None
