@@ -159,6 +159,24 @@ async def hit(*, redis: Redis, name: str, subject: str, limit: int, window: int,
                           retry_after=int(ttl) if int(ttl) > 0 else window, code=code)
 
 
+def queue_hit(pipe, *, name: str, subject: str, window: int) -> bool:
+    """`hit`'s counting queued on a pipeline (EVAL: no SCRIPT EXISTS round trip before it), for a
+    caller that sends it with other commands; `check_hit` reads its result. False: nothing queued."""
+    if not subject:
+        return False
+    pipe.eval(_HIT, 1, f"rl:{name}:{subject}", window)
+    return True
+
+
+def check_hit(result, *, name: str, limit: int, window: int, code: str = "rate_limited",
+              message: str | None = None) -> None:
+    """The 429 of `hit` for a result of `queue_hit`."""
+    count, ttl = result
+    if int(count) > limit:
+        raise RateLimited(message or f"too many {name} attempts, try again later",
+                          retry_after=int(ttl) if int(ttl) > 0 else window, code=code)
+
+
 async def is_blacklisted(*, member_id: int | None = None, device_id: str | None = None) -> bool:
     """A blacklisted member or device earns nothing, gets no referral reward and cannot log in."""
     pairs = []

@@ -109,10 +109,9 @@ async def check_in(*, redis: Redis, rules: Rules, member_id: int, now: datetime,
     payload = json.dumps({"add_bonus": granted, "record_bonus": card.record_text("checkin")},
                          ensure_ascii=False, separators=(",", ":"))
     try:
-        async with client.acquire_connection() as con:
-            row = await con.fetchrow(
-                _CHECK_IN, member_id, today, granted, timezone.now(), growth, streak, key,
-                add_months(now, rules.points.expiry_months), "capped" if granted < wanted else "", payload)
+        row = await _record(client, member_id, today, granted, timezone.now(), growth, streak, key,
+                            add_months(now, rules.points.expiry_months), "capped" if granted < wanted else "",
+                            payload)
     except asyncpg.UniqueViolationError:
         row = None
     except BaseException:
@@ -128,6 +127,12 @@ async def check_in(*, redis: Redis, rules: Rules, member_id: int, now: datetime,
             await tiers.follow_growth(conn=conn, member_id=member_id, rules=rules, cause="checkin", now=now)
     return CheckinResult(day=today, streak=streak, points_awarded=granted, balance=int(row["points"]),
                          capped=granted < wanted)
+
+
+async def _record(client, *args):
+    """Run _CHECK_IN: the row of the new check-in, or None when the day was checked in already."""
+    async with client.acquire_connection() as con:
+        return await con.fetchrow(_CHECK_IN, *args)
 
 
 async def _check_in_orm(*, redis: Redis, rules: Rules, member_id: int, now: datetime,
