@@ -29,17 +29,27 @@ def connection(database_url: str, statement_timeout: float | None = None) -> str
     statement is cancelled by the server past it, and the client gives up on connecting or on
     an answer shortly after (a black-holed server), so a request fails fast, never hangs."""
     url = with_pool(database_url)
-    if not statement_timeout or not url.startswith(("postgres://", "asyncpg://")):
+    if not url.startswith(("postgres://", "asyncpg://")):
         return url
     from tortoise.backends.base.config_generator import expand_db_url
 
     config = expand_db_url(url)
     credentials = config["credentials"]
-    settings = dict(credentials.get("server_settings") or {})
-    settings["statement_timeout"] = str(int(statement_timeout * 1000))
-    credentials.update(server_settings=settings, timeout=statement_timeout,
-                       command_timeout=statement_timeout + 1)
+    # asyncpg's default reset on every release to the pool is a round trip of its own (RESET
+    # ALL, CLOSE ALL, UNLISTEN *, advisory unlock): as many as the queries themselves. Nothing
+    # here leaves session state behind (SET LOCAL only, no LISTEN, cursors or session advisory
+    # locks); asyncpg still rolls back a connection released inside a transaction.
+    credentials["reset"] = _keep_session
+    if statement_timeout:
+        settings = dict(credentials.get("server_settings") or {})
+        settings["statement_timeout"] = str(int(statement_timeout * 1000))
+        credentials.update(server_settings=settings, timeout=statement_timeout,
+                           command_timeout=statement_timeout + 1)
     return config
+
+
+async def _keep_session(connection) -> None:
+    """The pool's reset: nothing to reset (see `connection`)."""
 
 
 def tortoise_config(database_url: str, statement_timeout: float | None = None) -> dict:
