@@ -109,18 +109,20 @@ class Claimed(Exception):
 
 
 async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, cap: int,
-                      claim: str | None = None) -> int:
+                      claim: str | None = None, floor: int | None = None) -> int:
     """Reserve up to `wanted` of the member's daily cap (200 non-purchase points a day).
 
     Returns what was granted, possibly less than wanted (a partial award) or 0. With `claim`
     (a key naming the award) the same call also claims it for CLAIM_TTL seconds: a concurrent
     holder of the claim raises Claimed before any counter moves (`release_cap` drops it).
+    `floor`: `capped_total` when the caller read it already (else read here when needed).
     """
     if wanted <= 0 and claim is None:
         return 0
     keys = (_cap_key(member_id, day), CAP_SINCE, CAP_RUN) + ((claim,) if claim else ())
     today = day.isoformat()
-    granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, "", CAP_TTL, today, CLAIM_TTL),
+    first = "" if floor is None else floor
+    granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, first, CAP_TTL, today, CLAIM_TTL),
                                      client=redis))
     if granted == -1:
         floor = await capped_total(member_id=member_id, day=day)

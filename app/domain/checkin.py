@@ -45,7 +45,13 @@ def next_streak(*, last: date | None, streak: int, today: date, cycle: int) -> i
 
 # The PostgreSQL hot path (STYLE.md, "When the ORM is too slow"): what `check_in` needs of
 # the member, in one prepared read...
-_READ_MEMBER = "SELECT blacklisted, last_checkin, streak, growth, tier FROM member WHERE id = $1"
+# The day's capped earnings come with it (antiabuse.capped_total, by the (member, capped_on)
+# index): a cap counter Redis cannot vouch for (a new or restored Redis) needs no second trip.
+_READ_MEMBER = (
+    "SELECT blacklisted, last_checkin, streak, growth, tier, "
+    "(SELECT COALESCE(sum(delta), 0) FROM ledger_entry "
+    "WHERE member_id = $1 AND capped_on = $2 AND delta > 0) AS capped "
+    "FROM member WHERE id = $1")
 
 # ...and the whole check-in as ONE autocommitted statement: the check-in row (its unique
 # (member, day) makes a duplicate insert nothing, so nothing else happens), the ledger entry
@@ -84,7 +90,7 @@ async def check_in(*, redis: Redis, rules: Rules, member_id: int, now: datetime,
         return await _check_in_orm(redis=redis, rules=rules, member_id=member_id, now=now, tz=tz)
     today = business_day(now, tz)
     async with client.acquire_connection() as con:
-        member = await con.fetchrow(_READ_MEMBER, member_id)
+        member = await con.fetchrow(_READ_MEMBER, member_id, today)
     if member is None:
         raise NotFound("member not found", code="member_not_found")
     if member["blacklisted"]:
@@ -103,7 +109,7 @@ async def check_in(*, redis: Redis, rules: Rules, member_id: int, now: datetime,
     # The claim orders concurrent duplicates before the cap: only one of them reserves it.
     try:
         granted = await antiabuse.reserve_cap(redis=redis, member_id=member_id, day=today, wanted=wanted,
-                                              cap=rules.points.daily_cap, claim=key)
+                                              cap=rules.points.daily_cap, claim=key, floor=int(member["capped"]))
     except antiabuse.Claimed:
         raise Conflict("already checked in today", code="already_checked_in") from None
     payload = json.dumps({"add_bonus": granted, "record_bonus": card.record_text("checkin")},
