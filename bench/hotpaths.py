@@ -84,13 +84,61 @@ class Figure:
     rps: float
     p50: float
     p99: float
+    cores: str = ""
 
     def row(self) -> str:
-        return f"{self.label:<44}{self.rps:>9.0f}{self.p50:>9.1f}{self.p99:>9.1f}  {self.statuses}"
+        return (f"{self.label:<44}{self.rps:>9.0f}{self.p50:>9.1f}{self.p99:>9.1f}  {self.cores:<24}"
+                f"{self.statuses}")
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+
+
+class Cores:
+    """CPU used during a phase, in cores (CPU seconds / wall seconds): the server's processes,
+    PostgreSQL's backends of the bench database, and this client: what saturates."""
+
+    def __init__(self, server_pid: int, database: str) -> None:
+        self.server_pid, self.database = server_pid, database
+
+    def _pids(self) -> tuple[list[int], list[int]]:
+        server = [self.server_pid, *children(self.server_pid)]
+        pg = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cmd = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if cmd.startswith(b"postgres:") and self.database.encode() in cmd:
+                    pg.append(int(entry.name))
+        return server, pg
+
+    def start(self) -> None:
+        self.began = time.perf_counter()
+        server, pg = self._pids()
+        self.before = ({p: _cpu_seconds(p) for p in server}, {p: _cpu_seconds(p) for p in pg},
+                       sum(os.times()[:2]))
+
+    def stop(self) -> str:
+        wall = time.perf_counter() - self.began
+        server, pg = self._pids()
+        s = sum(_cpu_seconds(p) - self.before[0].get(p, 0.0) for p in server)
+        d = sum(_cpu_seconds(p) - self.before[1].get(p, 0.0) for p in pg)
+        c = sum(os.times()[:2]) - self.before[2]
+        return f"srv {s / wall:.2f} pg {d / wall:.2f} cli {c / wall:.2f}"
 
 
 async def run_load(label: str, requests: list[harness.Request], concurrency: int, rate: float = 0,
-                   keep=None) -> Figure:
+                   keep=None, cores: Cores | None = None) -> Figure:
     """Closed loop (`concurrency` connections, each sends its next request when the last one
     answered) or, with `rate`, open loop: request i is due at i / rate s and its latency counts
     from then (queueing included), over at most `concurrency` connections."""
@@ -115,17 +163,20 @@ async def run_load(label: str, requests: list[harness.Request], concurrency: int
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             await send(req, due)
 
+        if cores is not None:
+            cores.start()
         began = time.perf_counter()
         if rate:
             await asyncio.gather(*(scheduled(i, r) for i, r in enumerate(requests)))
         else:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
+        used = cores.stop() if cores is not None else ""
     latencies.sort()
     n = len(latencies) or 1
     return Figure(label, len(latencies), statuses, len(latencies) / elapsed,
                   latencies[n // 2] * 1000 if latencies else 0.0,
-                  latencies[min(n - 1, int(n * 0.99))] * 1000 if latencies else 0.0)
+                  latencies[min(n - 1, int(n * 0.99))] * 1000 if latencies else 0.0, used)
 
 
 def oa_push(base: str, openid: str, n: int, now: int) -> harness.Request:
@@ -260,14 +311,15 @@ async def main(args: argparse.Namespace) -> int:
 
                 total = args.members + args.open_requests
                 await set_loose_limits(database_url, total)
-                report = await measure(env, args, figures, total, Path(tmp))
+                report = await measure(env, args, figures, total, Path(tmp),
+                                       database_url.rsplit("/", 1)[1])
         finally:
             await sim_runner.cleanup()
     ceiling = await pgbench(base_db, args.pgbench_seconds, args.concurrency)
 
     print(f"\nhot paths bench: {args.members} members, {args.concurrency} connections, "
           f"{args.workers} server worker(s), {os.cpu_count()} CPUs, PostgreSQL + Redis\n")
-    print(f"{'path':<44}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}  statuses")
+    print(f"{'path':<44}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}  {'CPU cores used':<24}statuses")
     for f in figures:
         print(f.row())
     bare = next(f for f in figures if f.label.startswith("bare"))
@@ -289,7 +341,7 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def measure(env: dict, args, figures: list[Figure], total: int, tmp: Path) -> str:
+async def measure(env: dict, args, figures: list[Figure], total: int, tmp: Path, database: str) -> str:
     port, bare_port = harness.free_port(), harness.free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app", "serve", "--no-migrate", env={**env, "PORT": str(port), "HOST": "127.0.0.1"},
@@ -301,45 +353,48 @@ async def measure(env: dict, args, figures: list[Figure], total: int, tmp: Path)
         await harness.wait_up(f"{base}/healthz", server)
         await harness.wait_up(f"{bare}/", bare_proc)
         c = args.concurrency
+        cores = Cores(server.pid, database)
         tokens: list[str] = []
         logins = [harness.Request("POST", f"{base}/mp/login", {"Content-Type": "application/json"},
                                   json.dumps({"code": f"sim:o-bench-{i}"}).encode()) for i in range(total)]
         figures.append(await run_load("POST /mp/login (new members)", logins, c,
-                                      keep=lambda b: tokens.append(json.loads(b)["token"])))
+                                      keep=lambda b: tokens.append(json.loads(b)["token"]), cores=cores))
         closed, opened = tokens[:args.members], tokens[args.members:]
 
         def auth(t: str, method: str, path: str) -> harness.Request:
             return harness.Request(method, f"{base}{path}", {"Authorization": f"Bearer {t}"})
 
-        figures.append(await run_load("POST /mp/login (returning)", logins[:min(3000, total)], c))
+        figures.append(await run_load("POST /mp/login (returning)", logins[:min(3000, total)], c, cores=cores))
         spy = None
         raw = tmp / "checkin.raw"
         if args.profile:
             workers = children(server.pid)
             if workers:
                 spy = await profile(workers[0], args.profile_seconds, raw)
-        figures.append(await run_load("POST /mp/checkin", [auth(t, "POST", "/mp/checkin") for t in closed], c))
+        figures.append(await run_load("POST /mp/checkin", [auth(t, "POST", "/mp/checkin") for t in closed], c,
+                                      cores=cores))
         if spy is not None:
             await spy.wait()
             if raw.exists():
                 report = top_frames(raw)
         figures.append(await run_load(f"POST /mp/checkin open loop {args.rate:g}/s",
-                                      [auth(t, "POST", "/mp/checkin") for t in opened], c, rate=args.rate))
+                                      [auth(t, "POST", "/mp/checkin") for t in opened], c, rate=args.rate,
+                                      cores=cores))
         figures.append(await run_load("POST /mp/checkin (409 again)",
-                                      [auth(t, "POST", "/mp/checkin") for t in closed[:3000]], c))
+                                      [auth(t, "POST", "/mp/checkin") for t in closed[:3000]], c, cores=cores))
         me = [auth(closed[i % len(closed)], "GET", "/mp/me") for i in range(args.reads)]
-        figures.append(await run_load("GET /mp/me", me, c))
+        figures.append(await run_load("GET /mp/me", me, c, cores=cores))
         openids = [f"o-bench-{i}" for i in range(total)]
         loop = asyncio.get_running_loop()
         notes = await loop.run_in_executor(None, pay_notes, base, openids, args.payments, "r")
-        figures.append(await run_load("POST /wechat/pay/notify (APIv3, distinct)", notes, c))
+        figures.append(await run_load("POST /wechat/pay/notify (APIv3, distinct)", notes, c, cores=cores))
         now = int(time.time())
         pushes = [oa_push(base, f"o-oa-{i % 1000}", i, now) for i in range(args.pushes)]
-        figures.append(await run_load("POST /wechat/oa (text)", pushes, c))
+        figures.append(await run_load("POST /wechat/oa (text)", pushes, c, cores=cores))
         bare_reqs = [harness.Request("POST", f"{bare}/mp/checkin", {"Authorization": f"Bearer {t}"})
                      for t in closed]
         await run_load("warm-up", bare_reqs[:500], c)
-        figures.append(await run_load("bare aiohttp JSON", bare_reqs, c))
+        figures.append(await run_load("bare aiohttp JSON", bare_reqs, c, cores=Cores(bare_proc.pid, database)))
     finally:
         if server.returncode is None:
             os.killpg(server.pid, signal.SIGTERM)

@@ -107,9 +107,10 @@ async def check_in(*, redis: Redis, rules: Rules, member_id: int, now: datetime,
     wanted = rule.daily_points + (rule.streak_bonus if streak == rule.streak_days else 0)
     key = f"checkin:{member_id}:{today.isoformat()}"
     # The claim orders concurrent duplicates before the cap: only one of them reserves it.
+    claim = f"claim:{key}"
     try:
         granted = await antiabuse.reserve_cap(redis=redis, member_id=member_id, day=today, wanted=wanted,
-                                              cap=rules.points.daily_cap, claim=key, floor=int(member["capped"]))
+                                              cap=rules.points.daily_cap, claim=claim, floor=int(member["capped"]))
     except antiabuse.Claimed:
         raise Conflict("already checked in today", code="already_checked_in") from None
     payload = json.dumps({"add_bonus": granted, "record_bonus": card.record_text("checkin")},
@@ -121,10 +122,10 @@ async def check_in(*, redis: Redis, rules: Rules, member_id: int, now: datetime,
     except asyncpg.UniqueViolationError:
         row = None
     except BaseException:
-        await antiabuse.release_cap(redis=redis, member_id=member_id, day=today, amount=granted, claim=key)
+        await antiabuse.release_cap(redis=redis, member_id=member_id, day=today, amount=granted, claim=claim)
         raise
     if row is None:
-        await antiabuse.release_cap(redis=redis, member_id=member_id, day=today, amount=granted, claim=key)
+        await antiabuse.release_cap(redis=redis, member_id=member_id, day=today, amount=granted, claim=claim)
         raise Conflict("already checked in today", code="already_checked_in")
     _ISSUED.inc(granted)
     if rules.tier_for_growth(int(row["growth"])).key != row["tier"]:
