@@ -50,6 +50,13 @@ def cmd_migrate(settings: Settings, args) -> int:
     return 0
 
 
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop for `serve` and `worker` (libuv's loop: less CPU per request than asyncio's)."""
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
 def _serve_one(settings: Settings, reuse_port: bool) -> None:
     from aiohttp import web
 
@@ -57,7 +64,7 @@ def _serve_one(settings: Settings, reuse_port: bool) -> None:
 
     logs.setup(settings.log_level)
     web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                reuse_port=reuse_port, access_log=None, print=None)
+                reuse_port=reuse_port, access_log=None, print=None, loop=_event_loop())
 
 
 def sandbox_admin_token(settings: Settings) -> str:
@@ -129,7 +136,8 @@ def cmd_worker(settings: Settings, args) -> int:
     from jobs.worker import run_worker
 
     logs.setup(settings.log_level)
-    asyncio.run(run_worker(settings))
+    with asyncio.Runner(loop_factory=_event_loop) as runner:
+        runner.run(run_worker(settings))
     return 0
 
 

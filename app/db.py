@@ -33,17 +33,27 @@ def connection(database_url: str, statement_timeout: float | None = None) -> str
     statement is cancelled by the server past it, and the client gives up on connecting or on
     an answer shortly after (a black-holed server), so a request fails fast, never hangs."""
     url = with_pool(database_url)
-    if not statement_timeout or not url.startswith(("postgres://", "asyncpg://")):
+    if not url.startswith(("postgres://", "asyncpg://")):
         return url
     from tortoise.backends.base.config_generator import expand_db_url
 
     config = expand_db_url(url)
     credentials = config["credentials"]
-    settings = dict(credentials.get("server_settings") or {})
-    settings["statement_timeout"] = str(int(statement_timeout * 1000))
-    credentials.update(server_settings=settings, timeout=statement_timeout,
-                       command_timeout=statement_timeout + 1)
+    # asyncpg's default reset on every release to the pool is a round trip of its own (RESET
+    # ALL, CLOSE ALL, UNLISTEN *, advisory unlock): as many as the queries themselves. Nothing
+    # here leaves session state behind (SET LOCAL only, no LISTEN, cursors or session advisory
+    # locks); asyncpg still rolls back a connection released inside a transaction.
+    credentials["reset"] = _keep_session
+    if statement_timeout:
+        settings = dict(credentials.get("server_settings") or {})
+        settings["statement_timeout"] = str(int(statement_timeout * 1000))
+        credentials.update(server_settings=settings, timeout=statement_timeout,
+                           command_timeout=statement_timeout + 1)
     return config
+
+
+async def _keep_session(connection) -> None:
+    """The pool's reset: nothing to reset (see `connection`)."""
 
 
 def tortoise_config(database_url: str, statement_timeout: float | None = None) -> dict:
@@ -118,3 +128,13 @@ async def replica_lag_seconds(reads: BaseDBAsyncClient) -> float:
 
 # For the `tortoise` CLI (makemigrations) during development.
 TORTOISE_ORM = tortoise_config(os.environ.get("DATABASE_URL") or "sqlite://data/dev.sqlite3")
+
+
+def asyncpg_client():
+    """Tortoise's default connection when it is asyncpg, else None (SQLite): the hot paths'
+    own SQL (`acquire_connection()` → an asyncpg connection from Tortoise's pool, whose
+    statement cache prepares each statement once per connection)."""
+    from tortoise.backends.asyncpg.client import AsyncpgDBClient
+
+    client = connections.get("default")
+    return client if isinstance(client, AsyncpgDBClient) else None

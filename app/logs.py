@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+
+import orjson
 import sys
 import time
 
@@ -25,7 +27,10 @@ class JsonFormatter(logging.Formatter):
             entry.update(extra)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        try:
+            return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # what orjson refuses (an int past 64 bits): the standard library
+            return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 def setup(level: str = "INFO") -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import secrets
 import time
@@ -13,6 +12,7 @@ from pydantic import ValidationError
 from app import keys, metrics
 from app.errors import DomainError, dependency_failed
 from app.logs import request_id
+from handlers.bodies import json_response
 
 log = logging.getLogger("app.http")
 
@@ -24,8 +24,7 @@ _STATUS_CODES = {
 
 
 def envelope(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status,
-                             headers=headers, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+    return json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
 def client_ip(request: web.Request) -> str:
@@ -75,12 +74,27 @@ async def observe(request: web.Request, handler):
         raise
     finally:
         elapsed = time.perf_counter() - started
-        route = _route_name(request)
-        metrics.REQUESTS.labels(request.method, route, str(status)).inc()
-        metrics.LATENCY.labels(request.method, route).observe(elapsed)
-        log.info("%s %s %s", request.method, request.path, status, extra={"fields": {
-            "status": status, "ms": round(elapsed * 1000, 2), "ip": request.get(keys.client_ip_key)}})
+        count, latency = _series(request.method, _route_name(request), status)
+        count.inc()
+        latency.observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s %s %s", request.method, request.path, status, extra={"fields": {
+                "status": status, "ms": round(elapsed * 1000, 2), "ip": request.get(keys.client_ip_key)}})
         request_id.reset(token)
+
+
+_SERIES: dict[tuple[str, str, int], tuple] = {}
+
+
+def _series(method: str, route: str, status: int) -> tuple:
+    """The request counter and latency histogram children of (method, route, status), looked up
+    once: `labels()` takes a lock and builds a key each call. Bounded by routes × methods × statuses."""
+    key = (method, route, status)
+    found = _SERIES.get(key)
+    if found is None:
+        found = _SERIES[key] = (metrics.REQUESTS.labels(method, route, str(status)),
+                                metrics.LATENCY.labels(method, route))
+    return found
 
 
 _ENVELOPED = ("/mp", "/admin", "/partner")

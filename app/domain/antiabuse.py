@@ -26,8 +26,12 @@ from app.models import Blacklist, LedgerEntry
 # A counter this instance did not write means "nothing earned yet today" only when it is missing
 # and this instance has been counting since before today; otherwise the script returns -1, the
 # caller reads the floor from the ledger, and the counter becomes max(old counter, ledger).
+# With KEYS[4] (a claim, ARGV[6] its ttl) the reservation is also a claim on one award: a
+# second caller holding the same claim key gets -2 and touches no counter, so concurrent
+# duplicates of one check-in never spend the cap of the one that wins.
 # Returns the points granted (0..wanted).
 _RESERVE_CAP = """
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return -2 end
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 local kind = redis.call('TYPE', KEYS[1]).ok
 local v, r = nil, nil
@@ -53,14 +57,18 @@ if r ~= run then
   redis.call('HSET', KEYS[1], 'v', v, 'run', run)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
+if KEYS[4] then redis.call('SET', KEYS[4], '1', 'EX', ARGV[6]) end
 local grant = math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - tonumber(v))
 if grant <= 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], 'v', grant)
 return grant
 """
 
-# Gives back a reservation; a counter of the old form (or none) is left to be rebuilt.
+# Gives back a reservation (and drops its claim, KEYS[2]); a counter of the old form (or none)
+# is left to be rebuilt.
 _RELEASE_CAP = """
+if KEYS[2] then redis.call('DEL', KEYS[2]) end
+if ARGV[1] == '0' then return 0 end
 if redis.call('TYPE', KEYS[1]).ok == 'hash' then
   redis.call('HINCRBY', KEYS[1], 'v', -tonumber(ARGV[1]))
 end
@@ -103,32 +111,57 @@ _release_cap = AsyncScript(None, _RELEASE_CAP.encode())
 _hit = AsyncScript(None, _HIT.encode())
 
 
+def claim_key(member_id: int, name: str) -> str:
+    """The claim of one award of the member (`reserve_cap(claim=...)`), in its cap counter's slot."""
+    return f"claim:{cap_shard(member_id)}:{name}"
+
+
 def cap_key(member_id: int, day: date) -> str:
     return f"cap:{cap_shard(member_id)}:{member_id}:{day.isoformat()}"
 
 
-async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, cap: int) -> int:
+# How long a claim of `reserve_cap` outlives its holder: far longer than a request may take
+# (DB_STATEMENT_TIMEOUT), short enough that a claim whose release was lost blocks nothing long.
+CLAIM_TTL = 60
+
+
+class Claimed(Exception):
+    """Another request holds the claim of this award right now (`reserve_cap(claim=...)`)."""
+
+
+async def reserve_cap(*, redis: Redis, member_id: int, day: date, wanted: int, cap: int,
+                      claim: str | None = None, floor: int | None = None) -> int:
     """Reserve up to `wanted` of the member's daily cap (200 non-purchase points a day).
 
-    Returns what was granted, possibly less than wanted (a partial award) or 0.
+    Returns what was granted, possibly less than wanted (a partial award) or 0. With `claim`
+    (a key naming the award) the same call also claims it for CLAIM_TTL seconds: a concurrent
+    holder of the claim raises Claimed before any counter moves (`release_cap` drops it).
+    `floor`: `capped_total` when the caller read it already (else read here when needed).
     """
-    if wanted <= 0:
+    if wanted <= 0 and claim is None:
         return 0
-    keys = (cap_key(member_id, day), cap_since_key(member_id), cap_run_key(member_id))
+    keys = (cap_key(member_id, day), cap_since_key(member_id), cap_run_key(member_id)) + ((claim,) if claim else ())
     today = day.isoformat()
-    granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, "", CAP_TTL, today), client=redis))
+    first = "" if floor is None else floor
+    granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, first, CAP_TTL, today, CLAIM_TTL),
+                                     client=redis))
     if granted == -1:
         floor = await capped_total(member_id=member_id, day=day)
-        granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, floor, CAP_TTL, today), client=redis))
+        granted = int(await _reserve_cap(keys=keys, args=(wanted, cap, floor, CAP_TTL, today, CLAIM_TTL),
+                                         client=redis))
+    if granted == -2:
+        raise Claimed(claim)
     if granted < wanted:
         metrics.CAP_HITS.inc()
     return granted
 
 
-async def release_cap(*, redis: Redis, member_id: int, day: date, amount: int) -> None:
-    """Give back a reservation whose award did not happen (duplicate, rollback)."""
-    if amount > 0:
-        await _release_cap(keys=(cap_key(member_id, day),), args=(amount,), client=redis)
+async def release_cap(*, redis: Redis, member_id: int, day: date, amount: int,
+                      claim: str | None = None) -> None:
+    """Give back a reservation whose award did not happen (duplicate, rollback), and its claim."""
+    if amount > 0 or claim:
+        keys = (cap_key(member_id, day),) + ((claim,) if claim else ())
+        await _release_cap(keys=keys, args=(max(0, amount),), client=redis)
 
 
 async def capped_total(*, member_id: int, day: date) -> int:
@@ -198,6 +231,24 @@ async def hit(*, redis: Redis, name: str, subject: str, limit: int, window: int,
     if not subject:
         return
     count, ttl = await _hit(keys=(f"rl:{name}:{subject}",), args=(window,), client=redis)
+    if int(count) > limit:
+        raise RateLimited(message or f"too many {name} attempts, try again later",
+                          retry_after=int(ttl) if int(ttl) > 0 else window, code=code)
+
+
+def queue_hit(pipe, *, name: str, subject: str, window: int) -> bool:
+    """`hit`'s counting queued on a pipeline (EVAL: no SCRIPT EXISTS round trip before it), for a
+    caller that sends it with other commands; `check_hit` reads its result. False: nothing queued."""
+    if not subject:
+        return False
+    pipe.eval(_HIT, 1, f"rl:{name}:{subject}", window)
+    return True
+
+
+def check_hit(result, *, name: str, limit: int, window: int, code: str = "rate_limited",
+              message: str | None = None) -> None:
+    """The 429 of `hit` for a result of `queue_hit`."""
+    count, ttl = result
     if int(count) > limit:
         raise RateLimited(message or f"too many {name} attempts, try again later",
                           retry_after=int(ttl) if int(ttl) > 0 else window, code=code)

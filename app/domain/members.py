@@ -9,9 +9,11 @@ from datetime import date, datetime, timedelta
 from typing import AsyncIterator, Awaitable, Callable
 from zoneinfo import ZoneInfo
 
+import asyncpg
 from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 
+from app.db import asyncpg_client
 from app.domain import antiabuse
 from app.domain.clock import business_day
 from app.domain.rules import Rules
@@ -88,14 +90,18 @@ async def open_session(*, redis: Redis, member_id: int) -> str:
     """An opaque random token; only its hash is stored, in Redis, for 7 days, and listed
     under the member so that `revoke_sessions` can end them all."""
     token = secrets.token_urlsafe(32)
-    key, listed = _token_key(token), _sessions_key(member_id)
     # not a MULTI: on a Redis Cluster the two keys live in different slots
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(key, member_id, ex=SESSION_TTL)
-        pipe.sadd(listed, key)
-        pipe.expire(listed, SESSION_TTL)  # the list outlives its newest session, no longer
+        _queue_session(pipe, token=token, member_id=member_id)
         await pipe.execute()
     return token
+
+
+def _queue_session(pipe, *, token: str, member_id: int) -> None:
+    key, listed = _token_key(token), _sessions_key(member_id)
+    pipe.set(key, member_id, ex=SESSION_TTL)
+    pipe.sadd(listed, key)
+    pipe.expire(listed, SESSION_TTL)  # the list outlives its newest session, no longer
 
 
 async def revoke_sessions(*, redis: Redis, member_id: int) -> int:
@@ -137,6 +143,28 @@ async def _exchange(wechat: WeChatClient, code: str) -> dict:
         raise Unauthenticated(f"WeChat refused the login code ({exc.errcode})", code="invalid_code") from None
 
 
+# Login on PostgreSQL: the member of an openid in one prepared read, and a new one registered
+# in one statement that also says whether payments wait for it (`payments.credit_pending`).
+_FIND_MEMBER = "SELECT * FROM member WHERE appid = $1 AND openid = $2"
+_REGISTER = (
+    "WITH m AS (INSERT INTO member (appid, openid, unionid, device_id, invite_code, created_at, last_login_at, "
+    "card_activated, tier, growth, points, streak, followed, blacklisted) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $6, false, 'regular', 0, 0, 0, false, false) "
+    "ON CONFLICT (appid, openid) DO NOTHING RETURNING *) "
+    "SELECT m.*, EXISTS (SELECT 1 FROM payment p WHERE p.openid = $2 AND NOT p.credited "
+    "AND p.member_id IS NULL) AS payments_waiting FROM m"
+)
+
+
+async def _find(*, appid: str, openid: str) -> Member | None:
+    client = asyncpg_client()
+    if client is None:
+        return await Member.get_or_none(appid=appid, openid=openid)
+    async with client.acquire_connection() as con:
+        row = await con.fetchrow(_FIND_MEMBER, appid, openid)
+    return Member._init_from_db(**row) if row is not None else None
+
+
 async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str, code: str,
                 invite_code: str | None, device_id: str | None, ip: str | None,
                 now: datetime, tz: ZoneInfo) -> Login:
@@ -145,17 +173,21 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
     A member per (appid, openid); a device registers at most 3 members a business day.
     """
     limits = rules.limits
-    await antiabuse.hit(redis=redis, name="login-ip", subject=ip or "", limit=limits.login_per_ip_per_minute, window=60)
-    await antiabuse.hit(redis=redis, name="login-device", subject=device_id or "",
-                        limit=limits.login_per_device_per_minute, window=60)
+    async with redis.pipeline(transaction=False) as pipe:
+        queued = [antiabuse.queue_hit(pipe, name="login-ip", subject=ip or "", window=60),
+                  antiabuse.queue_hit(pipe, name="login-device", subject=device_id or "", window=60)]
+        results = iter(await pipe.execute() if any(queued) else [])
+    if queued[0]:
+        antiabuse.check_hit(next(results), name="login-ip", limit=limits.login_per_ip_per_minute, window=60)
+    if queued[1]:
+        antiabuse.check_hit(next(results), name="login-device", limit=limits.login_per_device_per_minute,
+                            window=60)
     if device_id and await antiabuse.is_blacklisted(device_id=device_id):
         raise Forbidden("this device is blocked", code="blacklisted")
     session = await _exchange(wechat, code)
     openid, unionid = session["openid"], session.get("unionid")
-    await antiabuse.hit(redis=redis, name="login-openid", subject=openid,
-                        limit=limits.login_per_openid_per_minute, window=60)
 
-    member = await Member.get_or_none(appid=appid, openid=openid)
+    member = await _find(appid=appid, openid=openid)
     is_new = member is None
     gained_unionid = False
     if member is None:
@@ -178,13 +210,26 @@ async def login(*, wechat: WeChatClient, redis: Redis, rules: Rules, appid: str,
         # Coarse on purpose: the wake-up job needs the day, not one write per login.
         await Member.filter(id=member.id).update(last_login_at=now)
 
-    token = await open_session(redis=redis, member_id=member.id)
+    # The openid's login limit, the session and WeChat's session_key in one round trip. The
+    # limit is counted after the member is read: only a first login registers, and it is the
+    # first of its minute, so no registration escapes the limit.
+    token = secrets.token_urlsafe(32)
+    async with redis.pipeline(transaction=False) as pipe:
+        antiabuse.queue_hit(pipe, name="login-openid", subject=openid, window=60)
+        _queue_session(pipe, token=token, member_id=member.id)
+        pipe.set(f"session_key:{member.id}", session.get("session_key", ""), ex=SESSION_TTL)
+        results = await pipe.execute()
+    try:
+        antiabuse.check_hit(results[0], name="login-openid", limit=limits.login_per_openid_per_minute,
+                            window=60)
+    except RateLimited:
+        await redis.delete(_token_key(token))
+        raise
     # Checked after the session is listed: a blacklisting that lands meanwhile either is seen
     # here or revokes this session after it (blacklist.add commits, then revokes).
     if await antiabuse.is_blacklisted(member_id=member.id):
         await redis.delete(_token_key(token))
         raise Forbidden("this member is blocked", code="blacklisted")
-    await redis.set(f"session_key:{member.id}", session.get("session_key", ""), ex=SESSION_TTL)
     return Login(token=token, expires_in=SESSION_TTL, is_new=is_new, member=member)
 
 
@@ -197,18 +242,29 @@ async def _register(*, redis: Redis, rules: Rules, appid: str, openid: str, unio
             limit=rules.limits.registrations_per_device_per_day, window=86400,
             code="device_limit_reached",
             message="this device has registered too many members today")
+    client = asyncpg_client()
     for _ in range(5):
         try:
             # created_at from the app's clock: the referral window is measured on it
-            member = await Member.create(appid=appid, openid=openid, unionid=unionid, created_at=now,
-                                         last_login_at=now,
-                                         device_id=device_id, invite_code=new_invite_code())
-            return member, True
-        except IntegrityError:
-            # Either the same openid logged in twice at once, or an invite code collided.
-            existing = await Member.get_or_none(appid=appid, openid=openid)
-            if existing is not None:
-                return existing, False
+            if client is None:
+                member = await Member.create(appid=appid, openid=openid, unionid=unionid, created_at=now,
+                                             last_login_at=now, device_id=device_id,
+                                             invite_code=new_invite_code())
+                return member, True
+            async with client.acquire_connection() as con:
+                row = await con.fetchrow(_REGISTER, appid, openid, unionid, device_id, new_invite_code(), now)
+            if row is not None:
+                fields = dict(row)
+                waiting = fields.pop("payments_waiting")
+                member = Member._init_from_db(**fields)
+                member._payments_waiting = waiting  # whether login must run credit_pending
+                return member, True
+        except (IntegrityError, asyncpg.UniqueViolationError):
+            pass  # an invite code collided (or, through the ORM, the same openid logged in twice)
+        # The same openid registered meanwhile (ON CONFLICT did nothing), or a collision.
+        existing = await _find(appid=appid, openid=openid)
+        if existing is not None:
+            return existing, False
     raise DomainError("could not allocate an invite code", code="internal_error", status=500)
 
 
@@ -225,8 +281,20 @@ async def in_batches(query, *, size: int) -> AsyncIterator[list[tuple[int, str]]
         yield rows
 
 
+# /mp/me's read on PostgreSQL: one prepared statement, the row made a Member the way the ORM
+# makes one from its own SELECT (no query building).
+_GET_MEMBER = "SELECT * FROM member WHERE id = $1"
+
+
 async def get(member_id: int) -> Member:
-    member = await Member.get_or_none(id=member_id)
+    """The member by id, or 404 member_not_found."""
+    client = asyncpg_client()
+    if client is not None:
+        async with client.acquire_connection() as con:
+            row = await con.fetchrow(_GET_MEMBER, member_id)
+        member = Member._init_from_db(**row) if row is not None else None
+    else:
+        member = await Member.get_or_none(id=member_id)
     if member is None:
         raise NotFound("member not found", code="member_not_found")
     return member

@@ -42,6 +42,9 @@ async def _bind_referral(joined: members.Joined) -> bool:
 
 async def _credit_pending_payments(joined: members.Joined) -> bool:
     # Orders paid before the payer was a member are credited now (once: pay:{transaction_id}).
+    # The registering INSERT says whether any wait (PostgreSQL): most new members have none.
+    if not getattr(joined.member, "_payments_waiting", True):
+        return False
     return bool(await payments.credit_pending(member=joined.member, now=joined.now, tz=joined.tz,
                                               redis=joined.redis, rules=joined.rules))
 

@@ -10,7 +10,7 @@ from app import keys
 from app.domain import checkin, rules
 from app.domain.clock import business_day
 from app.errors import InvalidField
-from handlers.bodies import parse
+from handlers.bodies import json_response, parse
 from handlers.mp.auth import member_id
 
 
@@ -23,7 +23,7 @@ async def check_in(request: web.Request) -> web.Response:
     settings = request.app[keys.settings_key]
     result = await checkin.check_in(redis=request.app[keys.redis_key], rules=await rules.load(),
                                     member_id=who, now=request.app[keys.clock_key].now(), tz=settings.tz)
-    return web.json_response({
+    return json_response({
         "date": result.day.isoformat(), "streak": result.streak,
         "points_awarded": result.points_awarded, "balance": result.balance, "capped": result.capped,
     })
@@ -39,7 +39,7 @@ async def make_up(request: web.Request) -> web.Response:
     settings = request.app[keys.settings_key]
     result = await checkin.make_up(rules=await rules.load(), member_id=who, day=day,
                                    now=request.app[keys.clock_key].now(), tz=settings.tz)
-    return web.json_response(result)
+    return json_response(result)
 
 
 async def calendar(request: web.Request) -> web.Response:
@@ -48,4 +48,4 @@ async def calendar(request: web.Request) -> web.Response:
     month = request.query.get("month") or business_day(now, settings.tz).strftime("%Y-%m")
     result = await checkin.calendar_month(rules=await rules.load(), member_id=who, month=month,
                                           now=now, tz=settings.tz)
-    return web.json_response(result)
+    return json_response(result)

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import keys
 from app.domain import members, rules, tasks
 from app.domain.clock import business_day
-from handlers.bodies import parse
+from handlers.bodies import json_response, parse
 from handlers.mp.auth import member_id
 
 
@@ -32,7 +32,7 @@ async def login(request: web.Request) -> web.Response:
         wechat=request.app[keys.wechat_key], redis=request.app[keys.redis_key], rules=current,
         appid=settings.appid, code=body.code, invite_code=body.invite_code,
         device_id=body.device_id, ip=request.get(keys.client_ip_key), now=now, tz=settings.tz)
-    return web.json_response({
+    return json_response({
         "token": result.token, "expires_in": result.expires_in, "is_new": result.is_new,
         "member": members.render(result.member, today=business_day(now, settings.tz), rules=current),
     })
@@ -41,7 +41,7 @@ async def login(request: web.Request) -> web.Response:
 async def me(request: web.Request) -> web.Response:
     member = await members.get(await member_id(request))
     today = business_day(request.app[keys.clock_key].now(), request.app[keys.settings_key].tz)
-    return web.json_response(members.render(member, today=today, rules=await rules.load()))
+    return json_response(members.render(member, today=today, rules=await rules.load()))
 
 
 async def activate_card(request: web.Request) -> web.Response:
@@ -56,4 +56,4 @@ async def activate_card(request: web.Request) -> web.Response:
     if await tasks.complete_profile(member_id=who, now=now, tz=tz, redis=request.app[keys.redis_key],
                                     rules=current):
         member = await members.get(who)
-    return web.json_response(members.render(member, today=today, rules=current))
+    return json_response(members.render(member, today=today, rules=current))

@@ -159,14 +159,15 @@ async def test_checkin_whose_transaction_fails_releases_its_cap(client, login, r
     """The cap was reserved in Redis, then the database went away: 503, the reservation given back."""
     import asyncpg
 
-    from app.domain import points
+    from app.domain import checkin, points
 
     m = await login("o-half")
 
-    async def lost(**kw):
+    async def lost(*args, **kw):
         raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
 
-    monkeypatch.setattr(points, "credit", lost)
+    monkeypatch.setattr(points, "credit", lost)  # the ORM path (SQLite's)
+    monkeypatch.setattr(checkin, "_record", lost)  # PostgreSQL's one statement
     resp = await m.post("/mp/checkin")
     assert resp.status == 503 and resp.headers["Retry-After"]
     await _assert_envelope(resp)
