@@ -98,6 +98,6 @@ async def test_thirty_at_once_check_in_once_on_both_paths(db, redis, path):
     # The one that counts got what was left of the cap: its duplicates never spent it.
     assert [(r.points_awarded, r.capped) for r in done] == [(3, True)]
     assert metrics.CAP_HITS._value.get() - hits == 1  # one reservation cut short, not thirty
-    assert await redis.hget(f"cap:{m.id}:2026-11-22", "v") == "200"  # 197 + the 3 it got
+    assert await redis.hget(antiabuse.cap_key(m.id, now.date()), "v") == "200"  # 197 + the 3 it got
     assert (await Member.get(id=m.id)).points == 3
     await assert_ledger_consistent()
