@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from app import sandbox
 from app.config import Settings
-from app.resources import start_embedded_redis
+from app.resources import connect_redis, start_embedded_redis
 from app.wechat.client import WeChatClient, WeChatError
 from handlers.wechat.menu import load_menu, unrouted_keys
 
@@ -65,6 +65,8 @@ async def _redis(settings: Settings, stack: contextlib.AsyncExitStack) -> Redis:
     if not url:
         server, url = await start_embedded_redis(settings.data_dir)
         stack.push_async_callback(asyncio.to_thread, server.shutdown)
-    client = Redis.from_url(url, decode_responses=True)
+    client = connect_redis(url, cluster=settings.redis_cluster, timeout=settings.redis_timeout)
     stack.push_async_callback(client.aclose)
+    if settings.redis_cluster:
+        await client.initialize()
     return client
