@@ -43,18 +43,6 @@ from miniprogram_stub.simulator import pay as sim_pay
 APPID, SECRET = "wx-bench-mp", "bench-secret"
 OA_APPID, OA_TOKEN = "wx-bench-oa", "bench-oa-token"
 
-BARE_SERVER = """
-import sys
-from aiohttp import web
-
-async def ok(request):
-    await request.read()
-    return web.json_response({"ok": True})
-
-app = web.Application()
-app.router.add_route("*", "/{tail:.*}", ok)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-"""
 
 # The check-in's shape for pgbench: a check-in row, a ledger entry, the balance UPDATE, in one
 # statement (what one check-in costs PostgreSQL at least).
@@ -346,7 +334,7 @@ async def measure(env: dict, args, figures: list[Figure], total: int, tmp: Path,
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app", "serve", "--no-migrate", env={**env, "PORT": str(port), "HOST": "127.0.0.1"},
         stdout=asyncio.subprocess.DEVNULL, start_new_session=True)
-    bare_proc = await asyncio.create_subprocess_exec(sys.executable, "-c", BARE_SERVER, str(bare_port))
+    bare_proc = await asyncio.create_subprocess_exec(sys.executable, "-c", harness.BARE_SERVER, str(bare_port))
     base, bare = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
     report = ""
     try:

@@ -24,22 +24,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from bench.harness import claim_redis, flush_redis, free_port, pg_admin, pg_connection, wait_up
+from bench.harness import BARE_SERVER, claim_redis, flush_redis, free_port, pg_admin, pg_connection, wait_up
 from miniprogram_stub.simulator import pay as sim
 
 APPID = "wx-sandbox-mp"
-BARE_SERVER = """
-import sys
-from aiohttp import web
-
-async def notify(request):
-    await request.read()
-    return web.Response(status=204)
-
-app = web.Application()
-app.router.add_post("/wechat/pay/notify", notify)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-"""
 
 
 async def create_members(database_url: str, count: int) -> list[str]:

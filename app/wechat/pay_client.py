@@ -131,15 +131,7 @@ class PayClient:
                 raw, status = await resp.read(), resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise PayUnavailable(f"WeChat Pay unreachable: {type(exc).__name__}") from None
-        if status >= 500:
-            raise PayUnavailable(f"WeChat Pay answered HTTP {status}")
-        try:
-            answer = json.loads(raw) if raw else {}
-        except (ValueError, UnicodeDecodeError):
-            answer = {}
-        if status >= 400:
-            raise PayError(status, str(answer.get("code") or "error"), str(answer.get("message") or ""))
-        return answer if isinstance(answer, dict) else {}
+        return _answer(raw, status)
 
     async def jsapi_params(self, *, prepay_id: str, timestamp: int | None = None) -> dict[str, str]:
         """The params the mini-program passes to wx.requestPayment for this prepay_id."""
@@ -164,14 +156,20 @@ class PayClient:
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise PayUnavailable(f"WeChat Pay unreachable: {type(exc).__name__}") from None
-        if status >= 500:
-            raise PayUnavailable(f"WeChat Pay answered HTTP {status}")
-        try:
-            answer = json.loads(raw) if raw else {}
-        except (ValueError, UnicodeDecodeError):
-            answer = {}
-        if not isinstance(answer, dict):
-            answer = {}
-        if status >= 400:
-            raise PayError(status, str(answer.get("code") or "error"), str(answer.get("message") or ""))
-        return answer
+        return _answer(raw, status)
+
+
+def _answer(raw: bytes, status: int) -> dict[str, Any]:
+    """WeChat Pay's JSON answer: 5xx is PayUnavailable (retry later), 4xx PayError with its
+    code and message; an unreadable or non-object body reads as {}."""
+    if status >= 500:
+        raise PayUnavailable(f"WeChat Pay answered HTTP {status}")
+    try:
+        answer = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        answer = {}
+    if not isinstance(answer, dict):
+        answer = {}
+    if status >= 400:
+        raise PayError(status, str(answer.get("code") or "error"), str(answer.get("message") or ""))
+    return answer
