@@ -20,6 +20,13 @@ from typing import Iterator
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
+def server_env() -> dict[str, str]:
+    """The environment of a server a test starts: without libfaketime (LD_PRELOAD, FAKETIME*),
+    which `make test-faketime` puts on the Python process only. Servers keep real time, as the
+    shared PostgreSQL and Redis do (and as in production)."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -54,7 +61,7 @@ def _wait(check, what: str, timeout: float = 30.0) -> None:
 
 
 def _cli(port: int, *args: str) -> str:
-    return subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+    return subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], env=server_env(),
                           capture_output=True, text=True, timeout=30).stdout
 
 
@@ -73,12 +80,12 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", str(node / "nodes.conf"), "--dir", str(node),
                  "--save", "", "--appendonly", "no", "--cluster-node-timeout", "5000"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env()))
         for port in ports:
             _wait(lambda port=port: _cli(port, "ping").strip() == "PONG", f"redis node {port}")
         subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
                         "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
+                       check=True, capture_output=True, timeout=60, env=server_env())
         for port in ports:
             _wait(lambda port=port: "cluster_state:ok" in _cli(port, "cluster", "info"), "the cluster")
         yield f"redis://127.0.0.1:{ports[0]}/0"
@@ -96,7 +103,7 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
 def _as_postgres(*args: str, **kw) -> subprocess.CompletedProcess:
     """PostgreSQL's tools refuse to run as root: run them as the postgres OS user when we are root."""
     prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    return subprocess.run([*prefix, *args], check=True, capture_output=True, text=True, **kw)
+    return subprocess.run([*prefix, *args], check=True, capture_output=True, text=True, env=server_env(), **kw)
 
 
 @contextlib.contextmanager

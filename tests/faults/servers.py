@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import free_port
+from bench.loopback import server_env
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 STARTUP = 30.0  # seconds a server may take to accept connections
@@ -34,7 +35,7 @@ class PrivatePostgres:
             shutil.chown(self.root, "postgres", "postgres")
         subprocess.run(_as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust",
                                     "-U", "postgres", "--no-sync", "-E", "UTF8"),
-                       check=True, capture_output=True, timeout=120)
+                       check=True, capture_output=True, timeout=120, env=server_env())
 
     def _ctl(self, *args: str) -> list[str]:
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -44,7 +45,7 @@ class PrivatePostgres:
 
     def start_sync(self) -> None:
         subprocess.run(self._ctl("-w", "-t", str(int(STARTUP)), "start"), check=True,
-                       capture_output=True, timeout=STARTUP + 10)
+                       capture_output=True, timeout=STARTUP + 10, env=server_env())
 
     async def start(self) -> None:
         await _run(self._ctl("-w", "-t", str(int(STARTUP)), "start"), STARTUP + 10)
@@ -54,7 +55,8 @@ class PrivatePostgres:
         await _run(self._ctl("-w", "-m", "immediate", "stop"), 30)
 
     def close(self) -> None:
-        subprocess.run(self._ctl("-w", "-m", "immediate", "stop"), capture_output=True, timeout=30)
+        subprocess.run(self._ctl("-w", "-m", "immediate", "stop"), capture_output=True, timeout=30,
+                       env=server_env())
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -72,7 +74,7 @@ class PrivateRedis:
         self.proc = await asyncio.create_subprocess_exec(
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=server_env())
         from redis.asyncio import Redis
 
         client = Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
@@ -118,7 +120,7 @@ class PrivateRedis:
 
 async def _run(args: list[str], timeout: float) -> None:
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+                                                stderr=asyncio.subprocess.STDOUT, env=server_env())
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:

@@ -20,6 +20,14 @@ def settings(settings):
                           pay_public_key_path=str(sim.PLATFORM_PUBLIC_KEY_PATH))
 
 
+@pytest.fixture(autouse=True)
+def on_a_monday(clock):
+    """Payments here are dated by the app's clock: a Monday, never the member day (Thursday)."""
+    from tests.conftest import shanghai
+
+    clock.travel_to(shanghai(2026, 11, 23, 10, 0))
+
+
 @pytest.fixture
 def fail_reward_once(monkeypatch):
     """The process dies (here: raises) between record_payment's commit and the referral reward."""

@@ -22,8 +22,13 @@ def settings(settings):
                           pay_v2_key=sim.SANDBOX_V2_KEY)
 
 
+# Paid on a Monday unless a test says otherwise: never the member day (Thursday: double
+# points), whatever day the suite runs on (libfaketime moves it to a Thursday, 2027-12-02).
+A_MONDAY = "2026-11-23T10:00:00+08:00"
+
+
 def signed_payment(*, openid: str, fen: int, transaction_id: str | None = None, timestamp: int | None = None,
-                   success_time: str | None = None, **kw) -> tuple[dict, bytes, str]:
+                   success_time: str | None = A_MONDAY, **kw) -> tuple[dict, bytes, str]:
     """A TRANSACTION.SUCCESS notification signed by the platform key: (headers, body, transaction_id)."""
     transaction_id = transaction_id or f"4200{uuid.uuid4().hex[:24]}"
     resource = sim.transaction_resource(openid=openid, transaction_id=transaction_id,
@@ -332,7 +337,8 @@ async def test_v2_half_refund_with_a_coupon_takes_back_half(client, login):
     """total_fee 100 yuan, cash_fee 80 (a 20-yuan coupon): a refund_fee of 50 yuan is half the order."""
     member = await login("o-v2coupon")
     params = sim.v2_payment_params(appid=MP_APPID, openid="o-v2coupon", transaction_id="4200v2cp",
-                                   out_trade_no="o-v2cp", total_fee=10_000, cash_fee=8_000)
+                                   out_trade_no="o-v2cp", total_fee=10_000, cash_fee=8_000,
+                                   time_end="20261123100000")  # a Monday: no member day
     assert (await client.post("/wechat/pay/notify/v2", data=sim.build_v2_payment_xml(params))).status == 200
     fresh = await Member.get(id=member.id)
     assert (fresh.points, fresh.growth) == (80, 80)
