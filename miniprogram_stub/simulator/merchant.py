@@ -217,12 +217,9 @@ async def jsapi_order(request: web.Request) -> web.Response:
     """Place a JSAPI order: signed by the merchant, all fields present, amount > 0; the same
     out_trade_no again answers the same prepay_id if the order is the same, else 400."""
     state = request.app[merchant_state_key]
-    raw = await request.read()
-    try:
-        verify_merchant_request(authorization=request.headers.get("Authorization", ""), method="POST",
-                                url_path_with_query=request.path_qs, body=raw, mchid=state.mchid)
-    except MerchantAuthError as exc:
-        return pay_error(401, "SIGN_ERROR", f"签名错误 ({exc.reason})")
+    raw = await _verified(request)
+    if isinstance(raw, web.Response):
+        return raw
     if state.fail_next_order is not None:
         scripted, state.fail_next_order = state.fail_next_order, None
         return pay_error(int(scripted.get("status", 400)), scripted.get("code", "SYSTEM_ERROR"),
